@@ -1,0 +1,130 @@
+"""The kernel APIs that take a pool tag, as one table: adding an API is adding one row.
+
+Argument indexes count from 0 in the C prototype (checked against the WDK reference pages).
+`kind` decides the evidence a direct call gives: alloc -> "call", free -> "free",
+lookaside -> "lookaside", other -> "tagged-api", untagged -> "untagged" (Windows records tag None).
+`pool_arg` holds a POOL_TYPE, or POOL_FLAGS when `pool_is_flags` (ExAllocatePool2/3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PoolApi:
+    name: str
+    kind: str  # alloc | free | lookaside | other | untagged
+    tag_arg: int | None
+    pool_arg: int | None = None
+    size_arg: int | None = None
+    pool_is_flags: bool = False
+
+
+_ROWS: tuple[PoolApi, ...] = (
+    # name                                 kind         tag  pool  size  flags
+    PoolApi("ExAllocatePoolWithTag", "alloc", 2, 0, 1),
+    PoolApi("ExAllocatePoolWithQuotaTag", "alloc", 2, 0, 1),
+    PoolApi("ExAllocatePoolWithTagPriority", "alloc", 2, 0, 1),
+    PoolApi("ExAllocatePool2", "alloc", 2, 0, 1, pool_is_flags=True),
+    PoolApi("ExAllocatePool3", "alloc", 2, 0, 1, pool_is_flags=True),
+    PoolApi("FsRtlAllocatePoolWithTag", "alloc", 2, 0, 1),
+    PoolApi("FsRtlAllocatePoolWithQuotaTag", "alloc", 2, 0, 1),
+    PoolApi("NdisAllocateMemoryWithTag", "alloc", 2, None, 1),
+    PoolApi("NdisAllocateMemoryWithTagPriority", "alloc", 2, None, 1),
+    PoolApi("FltAllocatePoolAlignedWithTag", "alloc", 3, 1, 2),
+    PoolApi("StorPortAllocatePool", "alloc", 2, None, 1),
+    PoolApi("ExFreePoolWithTag", "free", 1),
+    PoolApi("ExFreePool2", "free", 1),
+    PoolApi("NdisFreeMemoryWithTag", "free", 1),
+    PoolApi("NdisFreeMemoryWithTagPriority", "free", 2),
+    PoolApi("FltFreePoolAlignedWithTag", "free", 2),
+    PoolApi("ExInitializeNPagedLookasideList", "lookaside", 5, None, 4),
+    PoolApi("ExInitializePagedLookasideList", "lookaside", 5, None, 4),
+    PoolApi("ExInitializeLookasideListEx", "lookaside", 6, 3, 5),
+    PoolApi("IoInitializeRemoveLockEx", "other", 1),
+    PoolApi("ExAllocatePool", "untagged", None, 0, 1),
+    PoolApi("ExAllocatePoolWithQuota", "untagged", None, 0, 1),
+)
+
+POOL_APIS: dict[str, PoolApi] = {row.name: row for row in _ROWS}
+
+EVIDENCE_OF_KIND = {
+    "alloc": "call",
+    "free": "free",
+    "lookaside": "lookaside",
+    "other": "tagged-api",
+    "untagged": "untagged",
+}
+
+# Strongest first; a driver's evidence for a tag is the best of its sites.
+EVIDENCE_ORDER = ("call", "wrapper", "lookaside", "free", "tagged-api", "untagged", "bytes")
+EVIDENCE_RANK = {name: rank for rank, name in enumerate(EVIDENCE_ORDER)}
+
+# POOL_TYPE values (wdm.h). Session and cache-aligned variants keep the base type's paging.
+POOL_TYPE_NAMES = {
+    0: "NonPagedPool",
+    1: "PagedPool",
+    2: "NonPagedPoolMustSucceed",
+    3: "DontUseThisType",
+    4: "NonPagedPoolCacheAligned",
+    5: "PagedPoolCacheAligned",
+    6: "NonPagedPoolCacheAlignedMustS",
+    32: "NonPagedPoolSession",
+    33: "PagedPoolSession",
+    36: "NonPagedPoolCacheAlignedSession",
+    37: "PagedPoolCacheAlignedSession",
+    512: "NonPagedPoolNx",
+    516: "NonPagedPoolNxCacheAligned",
+    544: "NonPagedPoolSessionNx",
+}
+
+# Modifiers callers may OR into a POOL_TYPE (ExAllocatePoolWithQuotaTag).
+POOL_QUOTA_FAIL_INSTEAD_OF_RAISE = 8
+POOL_RAISE_IF_ALLOCATION_FAILURE = 16
+
+# POOL_FLAGS bits (wdm.h) that say which pool ExAllocatePool2/3 draw from.
+POOL_FLAG_NON_PAGED = 0x40
+POOL_FLAG_NON_PAGED_EXECUTE = 0x80
+POOL_FLAG_PAGED = 0x100
+POOL_FLAG_NAMES = {
+    0x1: "USE_QUOTA",
+    0x2: "UNINITIALIZED",
+    0x4: "SESSION",
+    0x8: "CACHE_ALIGNED",
+    0x20: "RAISE_ON_FAILURE",
+    0x40: "NON_PAGED",
+    0x80: "NON_PAGED_EXECUTE",
+    0x100: "PAGED",
+}
+
+
+def pool_paging(value: int | None, is_flags: bool) -> str | None:
+    """'paged' or 'nonpaged' for a POOL_TYPE or POOL_FLAGS value, None when it says neither."""
+    if value is None:
+        return None
+    if is_flags:
+        if value & POOL_FLAG_PAGED:
+            return "paged"
+        if value & (POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE):
+            return "nonpaged"
+        return None
+    base = value & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
+    if base not in POOL_TYPE_NAMES:
+        return None
+    # Every paged POOL_TYPE (PagedPool, ...CacheAligned, ...Session) has bit 0 set.
+    return "paged" if base & 1 else "nonpaged"
+
+
+def pool_name(value: int | None, is_flags: bool) -> str | None:
+    """A readable name for a pool type or flags value."""
+    if value is None:
+        return None
+    if is_flags:
+        names = [name for bit, name in POOL_FLAG_NAMES.items() if value & bit]
+        rest = value & ~sum(POOL_FLAG_NAMES)
+        if rest:
+            names.append(hex(rest))
+        return "POOL_FLAG_" + "|POOL_FLAG_".join(names) if names else "0"
+    base = value & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
+    return POOL_TYPE_NAMES.get(base, hex(value))

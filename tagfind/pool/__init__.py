@@ -1,0 +1,1 @@
+"""Pool counters: live (Windows), poolmon logs and !poolused text, saved snapshots."""
