@@ -1,5 +1,61 @@
-"""Scanners: one PE file in, the sites where tags reach pool APIs out (one finder per arch)."""
+"""Scanners: one PE file in, the sites where tags reach pool APIs out (one backend per arch).
 
+scan_file never raises for a bad file: the result carries the error instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..apis import POOL_APIS
+from ..pe import PEError, PEImage
+from .finder import SiteFinder
 from .model import ScanResult, Site, evidence_for
 
-__all__ = ["ScanResult", "Site", "evidence_for"]
+SCANNER_VERSION = 1  # bump when results for the same file may change: invalidates the index
+
+__all__ = ["SCANNER_VERSION", "ScanResult", "Site", "evidence_for", "scan_file", "scan_image"]
+
+
+def _backend_for(image: PEImage):
+    if image.arch == "x64":
+        from .x64 import X64Backend
+
+        return X64Backend(image)
+    return None
+
+
+def scan_image(image: PEImage, result: ScanResult) -> None:
+    result.arch = image.arch
+    result.image_base = image.image_base
+    result.notes.extend(image.warnings)
+    uses_pool = any(name in POOL_APIS for name in image.imports.values()) or any(
+        name in POOL_APIS for name in image.exports.values()
+    )
+    result.imports_pool_api = uses_pool
+    if not uses_pool:
+        return
+    backend = _backend_for(image)
+    if backend is None:
+        result.error = f"unsupported machine type 0x{image.machine:04x}"
+        return
+    finder = SiteFinder(backend)
+    result.sites = finder.run()
+    result.functions_analysed = len(finder.events)
+    if finder.truncated:
+        result.notes.append("analysis budget reached: results are partial")
+
+
+def scan_file(path: str | os.PathLike[str], data: bytes | None = None) -> ScanResult:
+    """Scan one file. Never raises for bad input: errors are reported in the result."""
+    result = ScanResult(path=os.fspath(path))
+    try:
+        image = PEImage(path, data)
+        scan_image(image, result)
+    except PEError as exc:
+        result.error = str(exc)
+    except (MemoryError, RecursionError) as exc:
+        result.error = f"resource limit while scanning: {type(exc).__name__}"
+    except Exception as exc:  # a damaged file must never stop a scan of many files
+        result.error = f"scanner failure: {type(exc).__name__}: {exc}"
+    return result

@@ -1,0 +1,267 @@
+"""One PE image as the scanners need it: machine, sections, imports by IAT slot, exports,
+function table (.pdata), CFG dispatch pointers. Everything is in RVAs.
+
+pefile parses the headers, imports, exports and load config; the .pdata table is read here
+with numpy because pefile's per-entry objects are slow on large images and we need only starts
+and ends. Damaged files raise PEError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import pefile
+
+MAX_FILE_SIZE = 512 * 1024 * 1024  # larger files are not drivers; refuse rather than load them
+
+MACHINES = {
+    0x8664: "x64",
+    0x14C: "x86",
+    0xAA64: "arm64",
+}
+
+IMAGE_SCN_MEM_EXECUTE = 0x20000000
+IMAGE_SCN_CNT_CODE = 0x00000020
+IMAGE_SCN_MEM_WRITE = 0x80000000
+IMAGE_SUBSYSTEM_NATIVE = 1
+
+_DIR_IMPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_IMPORT"]
+_DIR_EXPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"]
+_DIR_EXCEPTION = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXCEPTION"]
+_DIR_LOAD_CONFIG = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG"]
+_DIR_DELAY_IMPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DELAY_IMPORT"]
+
+
+class PEError(Exception):
+    """The file is not a PE image we can read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    rva: int
+    size: int  # bytes present in the file, clipped to the virtual size
+    characteristics: int
+    data: bytes = field(repr=False)
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.characteristics & (IMAGE_SCN_MEM_EXECUTE | IMAGE_SCN_CNT_CODE))
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.characteristics & IMAGE_SCN_MEM_WRITE)
+
+    def contains(self, rva: int) -> bool:
+        return self.rva <= rva < self.rva + self.size
+
+
+class PEImage:
+    """A parsed PE file. Construction parses; attributes are plain data afterwards."""
+
+    def __init__(self, path: str | os.PathLike[str], data: bytes | None = None) -> None:
+        self.path = os.fspath(path)
+        if data is None:
+            data = _read_file(self.path)
+        if len(data) < 64 or data[:2] != b"MZ":
+            raise PEError("not a PE file (no MZ header)")
+        try:
+            pe = pefile.PE(data=data, fast_load=True)
+        except pefile.PEFormatError as exc:
+            raise PEError(f"not a valid PE file: {exc.value}") from None
+        self.machine = pe.FILE_HEADER.Machine
+        self.arch = MACHINES.get(self.machine)
+        self.image_base = pe.OPTIONAL_HEADER.ImageBase
+        self.subsystem = pe.OPTIONAL_HEADER.Subsystem
+        self.entry_point = pe.OPTIONAL_HEADER.AddressOfEntryPoint
+        self.size_of_image = pe.OPTIONAL_HEADER.SizeOfImage
+        self.sections = _sections(pe, data)
+        self.warnings: list[str] = []
+        self.imports: dict[int, str] = {}  # IAT slot RVA -> imported function name
+        self.import_dlls: dict[int, str] = {}  # IAT slot RVA -> DLL name (lowercase)
+        self.exports: dict[int, str] = {}  # RVA -> exported name (first name wins)
+        self.guard_dispatch_slots: set[int] = set()  # RVAs of __guard_dispatch_icall_fptr etc.
+        self._unwind: tuple[np.ndarray, np.ndarray] | None = None  # x64 begins, UNWIND_INFO
+        self._parse_directories(pe)
+        self.functions = self._function_table(pe)  # (n, 2) uint32 array of [begin, end)
+        pe.close()
+
+    # --- directories -------------------------------------------------------------------------
+    def _parse_directories(self, pe: pefile.PE) -> None:
+        try:
+            pe.parse_data_directories(
+                directories=[_DIR_IMPORT, _DIR_DELAY_IMPORT, _DIR_EXPORT, _DIR_LOAD_CONFIG]
+            )
+        except Exception as exc:  # pefile raises many types on hostile input
+            self.warnings.append(f"data directories: {exc}")
+        base = self.image_base
+        for attr in ("DIRECTORY_ENTRY_IMPORT", "DIRECTORY_ENTRY_DELAY_IMPORT"):
+            for entry in getattr(pe, attr, []) or []:
+                dll = _decode(entry.dll).lower()
+                for imp in entry.imports:
+                    if imp.name and imp.address is not None:
+                        # pefile gives VAs for the regular IAT, RVAs for some delay-load
+                        # tables; normalise to RVA.
+                        slot = imp.address - base if imp.address >= base else imp.address
+                        self.imports[slot] = _decode(imp.name)
+                        self.import_dlls[slot] = dll
+        export_dir = getattr(pe, "DIRECTORY_ENTRY_EXPORT", None)
+        if export_dir is not None:
+            for sym in export_dir.symbols:
+                if sym.name and sym.address and sym.forwarder is None:
+                    self.exports.setdefault(sym.address, _decode(sym.name))
+        load_config = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
+        if load_config is not None:
+            for name in ("GuardCFDispatchFunctionPointer", "GuardCFCheckFunctionPointer"):
+                va = getattr(load_config.struct, name, 0) or 0
+                if va > base:
+                    self.guard_dispatch_slots.add(va - base)
+
+    def _function_table(self, pe: pefile.PE) -> np.ndarray:
+        """Function [begin, end) pairs from .pdata, sorted; empty where the arch has none."""
+        empty = np.zeros((0, 2), dtype=np.uint32)
+        try:
+            directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_DIR_EXCEPTION]
+        except IndexError:
+            return empty
+        if not directory.VirtualAddress or not directory.Size:
+            return empty
+        raw = self.read(directory.VirtualAddress, directory.Size)
+        if self.machine == 0x8664:  # RUNTIME_FUNCTION: BeginAddress, EndAddress, UnwindData
+            count = len(raw) // 12
+            table = np.frombuffer(raw[: count * 12], dtype="<u4").reshape(count, 3)
+            pairs = table[:, :2].astype(np.uint32)
+            order = np.argsort(table[:, 0], kind="stable")
+            self._unwind = (table[order, 0], table[order, 2])
+        elif self.machine == 0xAA64:  # ARM64: BeginAddress, packed or RVA unwind word
+            count = len(raw) // 8
+            table = np.frombuffer(raw[: count * 8], dtype="<u4").reshape(count, 2)
+            begins = table[:, 0]
+            lengths = _arm64_function_lengths(self, table)
+            pairs = np.stack([begins, begins + lengths], axis=1).astype(np.uint32)
+        else:
+            return empty
+        valid = (pairs[:, 0] < pairs[:, 1]) & (pairs[:, 1] <= self.size_of_image)
+        pairs = pairs[valid]
+        return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+    # --- access ------------------------------------------------------------------------------
+    def section_at(self, rva: int) -> Section | None:
+        for section in self.sections:
+            if section.contains(rva):
+                return section
+        return None
+
+    def read(self, rva: int, size: int) -> bytes:
+        """Bytes at an RVA (short or empty where the file has none)."""
+        section = self.section_at(rva)
+        if section is None:
+            return b""
+        start = rva - section.rva
+        return section.data[start : start + size]
+
+    def read_u32(self, rva: int) -> int | None:
+        raw = self.read(rva, 4)
+        return struct.unpack("<I", raw)[0] if len(raw) == 4 else None
+
+    def read_u64(self, rva: int) -> int | None:
+        raw = self.read(rva, 8)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else None
+
+    def is_readonly_data(self, rva: int) -> bool:
+        section = self.section_at(rva)
+        return section is not None and not section.writable
+
+    @property
+    def code_sections(self) -> list[Section]:
+        return [s for s in self.sections if s.executable and s.size]
+
+    def function_containing(self, rva: int) -> tuple[int, int] | None:
+        """The .pdata function [begin, end) that holds rva, if any."""
+        funcs = self.functions
+        if not len(funcs):
+            return None
+        i = int(np.searchsorted(funcs[:, 0], rva, side="right")) - 1
+        if i >= 0 and funcs[i, 0] <= rva < funcs[i, 1]:
+            return int(funcs[i, 0]), int(funcs[i, 1])
+        return None
+
+    def function_end_before(self, rva: int) -> int:
+        """End of the last .pdata function that ends at or before rva (0 if none)."""
+        funcs = self.functions
+        if not len(funcs):
+            return 0
+        ends = funcs[:, 1]
+        below = ends[ends <= rva]
+        return int(below.max()) if len(below) else 0
+
+    def is_chained_fragment(self, begin: int) -> bool:
+        """x64: the .pdata entry at begin is a fragment of another function
+        (UNW_FLAG_CHAININFO), so registers at its start are not the function's arguments."""
+        if self._unwind is None:
+            return False
+        begins, infos = self._unwind
+        i = int(np.searchsorted(begins, begin))
+        if i >= len(begins) or begins[i] != begin:
+            return False
+        unwind = int(infos[i])
+        if unwind & 1:  # an RVA with bit 0 set points at another RUNTIME_FUNCTION: chained
+            return True
+        header = self.read(unwind, 1)
+        return bool(header) and bool((header[0] >> 3) & 0x4)
+
+    def is_kernel_mode(self) -> bool:
+        """Native-subsystem images are drivers or kernel components."""
+        return self.subsystem == IMAGE_SUBSYSTEM_NATIVE
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_SIZE:
+            raise PEError(f"file too large for a driver ({size} bytes)")
+        with open(path, "rb") as handle:
+            return handle.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise PEError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def _decode(name: bytes | str | None) -> str:
+    if isinstance(name, bytes):
+        return name.decode("latin-1")
+    return name or ""
+
+
+def _sections(pe: pefile.PE, data: bytes) -> list[Section]:
+    out = []
+    for sec in pe.sections[:96]:  # the PE format allows 96 sections
+        raw_off = sec.PointerToRawData
+        # The loader rounds PointerToRawData down to 512 on files with normal alignment.
+        if pe.OPTIONAL_HEADER.FileAlignment >= 512:
+            raw_off &= ~0x1FF
+        vsize = sec.Misc_VirtualSize or sec.SizeOfRawData
+        size = min(sec.SizeOfRawData, vsize, max(0, len(data) - raw_off))
+        if size <= 0:
+            size = 0
+        name = sec.Name.rstrip(b"\0").decode("latin-1")
+        out.append(
+            Section(name, sec.VirtualAddress, size, sec.Characteristics,
+                    data[raw_off : raw_off + size])
+        )
+    return out
+
+
+def _arm64_function_lengths(image: PEImage, table: np.ndarray) -> np.ndarray:
+    """Function lengths from ARM64 .pdata: packed records hold the length in words in bits
+    2-12 of the second word (Flag != 0); unpacked ones point at .xdata, whose first word holds
+    it in bits 0-17."""
+    second = table[:, 1]
+    flag = second & 0x3
+    lengths = ((second >> 2) & 0x7FF) * 4
+    for i in np.flatnonzero(flag == 0):
+        header = image.read_u32(int(second[i]))
+        lengths[i] = (header & 0x3FFFF) * 4 if header is not None else 0
+    return lengths.astype(np.uint32)

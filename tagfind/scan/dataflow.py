@@ -1,0 +1,140 @@
+"""Forward constant propagation over one function's control-flow graph, independent of the
+instruction set: an architecture supplies decoded instructions, a transfer function and the
+successors of each instruction; this module builds basic blocks and iterates to a fixpoint.
+
+Values form a flat lattice: a known value, or unknown (absent from the state). Where paths
+meet, a register keeps its value only if every path agrees, so a tag is reported only when
+it holds on every path to the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ...
+
+
+@dataclass
+class State:
+    """Registers and stack slots known at one point. Missing means unknown.
+
+    `fresh` marks a function entry: untouched stack slots above the return address are the
+    caller's arguments."""
+
+    regs: dict[str, Value] = field(default_factory=dict)
+    stack: dict[int, tuple[int, Value]] = field(default_factory=dict)  # offset -> (width, value)
+    fresh: bool = False
+
+    def copy(self) -> State:
+        return State(dict(self.regs), dict(self.stack), self.fresh)
+
+    def meet(self, other: State) -> State:
+        regs = {k: v for k, v in self.regs.items() if other.regs.get(k, _MISSING) == v}
+        stack = {k: v for k, v in self.stack.items() if other.stack.get(k, _MISSING) == v}
+        return State(regs, stack, self.fresh and other.fresh)
+
+    def same_as(self, other: State) -> bool:
+        return self.regs == other.regs and self.stack == other.stack and self.fresh == other.fresh
+
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Insn:
+    address: int
+    size: int
+    mnemonic: str
+    op_str: str
+
+    @property
+    def next(self) -> int:
+        return self.address + self.size
+
+
+@dataclass(frozen=True)
+class Flow:
+    """How control leaves an instruction: `targets` are branch targets inside the function,
+    `falls_through` whether the next instruction follows."""
+
+    targets: tuple[int, ...] = ()
+    falls_through: bool = True
+
+
+Transfer = Callable[[State, Insn], None]
+FlowOf = Callable[[Insn], Flow]
+
+
+def run(
+    insns: Sequence[Insn],
+    entry: State,
+    transfer: Transfer,
+    flow_of: FlowOf,
+    orphan_state: Callable[[], State],
+    observe: Callable[[State, Insn], Any],
+    max_rounds: int = 40,
+) -> bool:
+    """Iterate states to a fixpoint, then replay every block once calling observe(state, insn)
+    before each instruction's transfer. Blocks no edge reaches start from orphan_state().
+    Returns False when the iteration budget ran out before a fixpoint: the observed values
+    may then be wrong and must not be trusted."""
+    if not insns:
+        return True
+    index_of = {insn.address: i for i, insn in enumerate(insns)}
+    flows = [flow_of(insn) for insn in insns]
+    leaders = {0}
+    for i, flow in enumerate(flows):
+        for target in flow.targets:
+            j = index_of.get(target)
+            if j is not None:
+                leaders.add(j)
+        if flow.targets or not flow.falls_through:
+            leaders.add(i + 1)
+    starts = sorted(j for j in leaders if j < len(insns))
+    blocks = [(s, e) for s, e in zip(starts, [*starts[1:], len(insns)], strict=True)]
+    block_at = {s: b for b, (s, _) in enumerate(blocks)}
+    succs: list[list[int]] = []
+    preds_count = [0] * len(blocks)
+    for _start, e in blocks:
+        last = e - 1
+        out = [block_at[index_of[t]] for t in flows[last].targets if t in index_of]
+        if flows[last].falls_through and e < len(insns) and insns[e].address == insns[last].next:
+            out.append(block_at[e])
+        succs.append(out)
+        for b in out:
+            preds_count[b] += 1
+
+    states: list[State | None] = [None] * len(blocks)
+    states[0] = entry
+    for b in range(1, len(blocks)):
+        if preds_count[b] == 0:
+            states[b] = orphan_state()
+    work = list(range(len(blocks)))
+    rounds = 0
+    budget = max_rounds * len(blocks)
+    while work and rounds < budget:
+        rounds += 1
+        b = work.pop()
+        state_in = states[b]
+        if state_in is None:
+            continue
+        state = state_in.copy()
+        s, e = blocks[b]
+        for i in range(s, e):
+            transfer(state, insns[i])
+        for nb in succs[b]:
+            old = states[nb]
+            new = state.copy() if old is None else old.meet(state)
+            if old is None or not new.same_as(old):
+                states[nb] = new
+                work.append(nb)
+
+    for b, (s, e) in enumerate(blocks):
+        state_in = states[b]
+        state = state_in.copy() if state_in is not None else orphan_state()
+        for i in range(s, e):
+            observe(state, insns[i])
+            transfer(state, insns[i])
+    return not work

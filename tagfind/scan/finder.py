@@ -1,0 +1,184 @@
+"""From call events to sites, the same for every architecture: direct calls to pool APIs,
+then driver-local wrappers (functions that forward one of their own arguments as the tag),
+resolved through chains by asking the backend for the callers of each new wrapper.
+
+A backend (one per instruction set) finds candidate functions cheaply and analyses one
+function into CallEvents; this module never decodes an instruction itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..apis import POOL_APIS, PoolApi
+from ..tags import NONE_TAG, strip_protected
+from .dataflow import Value
+from .model import Site, evidence_for
+
+MAX_WRAPPER_DEPTH = 8
+MAX_FUNCTIONS = 20000  # analysis budget per file; past it the scan is reported partial
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """A call or tail jump observed during analysis, with the argument values it passes."""
+
+    rva: int
+    function: int
+    target: Value | None  # ("imp", name) | int (local RVA) | None
+    args: tuple[Value | None, ...]
+
+
+@dataclass(frozen=True)
+class Wrapper:
+    """A local function that passes its own argument `tag_arg` on as the tag of `api`.
+    pool/size are constants or ("arg", i) references to the wrapper's own arguments."""
+
+    api: str
+    tag_arg: int
+    via: tuple[int, ...]
+    pool: Value | None
+    size: Value | None
+
+
+class Backend(Protocol):
+    def local_apis(self) -> dict[int, str]: ...
+    def candidate_functions(self) -> Iterable[int]: ...
+    def callers_of(self, target: int) -> Iterable[int]: ...
+    def analyse(self, function: int) -> list[CallEvent]: ...
+    def function_of(self, rva: int) -> int | None: ...
+
+
+class SiteFinder:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.local_apis = backend.local_apis()  # local RVA (thunk, own export) -> API
+        self.events: dict[int, list[CallEvent]] = {}
+        self.wrappers: dict[int, Wrapper] = {}
+        self.truncated = False
+
+    def run(self) -> list[Site]:
+        pending = list(dict.fromkeys(self.backend.candidate_functions()))
+        for _depth in range(MAX_WRAPPER_DEPTH + 1):
+            new_wrappers = self._analyse_all(pending)
+            if not new_wrappers:
+                break
+            pending = []
+            for wrapper in new_wrappers:
+                for caller in self.backend.callers_of(wrapper):
+                    function = self.backend.function_of(caller)
+                    if function is not None:
+                        pending.append(function)
+            pending = list(dict.fromkeys(pending))
+        return self._sites()
+
+    # --- analysis ---------------------------------------------------------------------------
+    def _analyse_all(self, functions: list[int]) -> list[int]:
+        """Analyse functions not seen yet; return functions newly found to be wrappers
+        (including ones found among already-analysed functions that call a new wrapper)."""
+        for function in functions:
+            if function in self.events:
+                continue
+            if len(self.events) >= MAX_FUNCTIONS:
+                self.truncated = True
+                break
+            self.events[function] = self.backend.analyse(function)
+        found = []
+        changed = True
+        while changed:  # a function may become a wrapper only once its callee is known as one
+            changed = False
+            for function, events in self.events.items():
+                if function in self.wrappers:
+                    continue
+                wrapper = self._as_wrapper(function, events)
+                if wrapper is not None:
+                    self.wrappers[function] = wrapper
+                    found.append(function)
+                    changed = True
+        return found
+
+    def _resolve(self, target: Value | None) -> tuple[PoolApi, Wrapper | None, int] | None:
+        """(api, wrapper or None, wrapper RVA) for a call target that reaches a pool API."""
+        if isinstance(target, tuple) and target[0] == "imp":
+            api = POOL_APIS.get(target[1])
+            return (api, None, 0) if api else None
+        if isinstance(target, int):
+            name = self.local_apis.get(target)
+            if name is not None:
+                return POOL_APIS[name], None, 0
+            wrapper = self.wrappers.get(target)
+            if wrapper is not None:
+                return POOL_APIS[wrapper.api], wrapper, target
+        return None
+
+    def _as_wrapper(self, function: int, events: list[CallEvent]) -> Wrapper | None:
+        for event in events:
+            resolved = self._resolve(event.target)
+            if resolved is None:
+                continue
+            api, wrapper, wrapper_rva = resolved
+            if api.tag_arg is None or wrapper_rva == function:
+                continue
+            tag_index = wrapper.tag_arg if wrapper else api.tag_arg
+            tag = _arg(event.args, tag_index)
+            if isinstance(tag, tuple) and tag[0] == "arg":
+                via = (wrapper_rva, *wrapper.via) if wrapper else ()
+                pool, size = self._pool_and_size(api, wrapper, event.args)
+                return Wrapper(api.name, tag[1], via, pool, size)
+        return None
+
+    @staticmethod
+    def _pool_and_size(
+        api: PoolApi, wrapper: Wrapper | None, args: tuple[Value | None, ...]
+    ) -> tuple[Value | None, Value | None]:
+        if wrapper is None:
+            return _arg(args, api.pool_arg), _arg(args, api.size_arg)
+        return _through(wrapper.pool, args), _through(wrapper.size, args)
+
+    # --- sites ------------------------------------------------------------------------------
+    def _sites(self) -> list[Site]:
+        sites: list[Site] = []
+        for function, events in self.events.items():
+            for event in events:
+                site = self._site(function, event)
+                if site is not None:
+                    sites.append(site)
+        sites.sort(key=lambda s: (s.rva, s.api))
+        return sites
+
+    def _site(self, function: int, event: CallEvent) -> Site | None:
+        resolved = self._resolve(event.target)
+        if resolved is None:
+            return None
+        api, wrapper, wrapper_rva = resolved
+        via = (wrapper_rva, *wrapper.via) if wrapper else ()
+        pool, size = self._pool_and_size(api, wrapper, event.args)
+        pool = pool if isinstance(pool, int) else None
+        size = size if isinstance(size, int) else None
+        evidence = evidence_for(api.name, via)
+        if api.tag_arg is None:
+            return Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via, function)
+        raw = _arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg)
+        if isinstance(raw, tuple) and raw[0] == "arg" and function in self.wrappers:
+            return None  # this is the wrapper forwarding its caller's tag, not a tag of its own
+        if not isinstance(raw, int):
+            return Site(event.rva, api.name, None, evidence, False, pool, size, via, function)
+        tag, protected = strip_protected(raw & 0xFFFFFFFF)
+        if tag == 0:
+            return None  # tag 0 means "no tag" (ExFreePoolWithTag(p, 0))
+        return Site(event.rva, api.name, tag, evidence, protected, pool, size, via, function)
+
+
+def _arg(args: tuple[Value | None, ...], index: int | None) -> Value | None:
+    if index is None or index >= len(args):
+        return None
+    return args[index]
+
+
+def _through(value: Value | None, args: tuple[Value | None, ...]) -> Value | None:
+    """A wrapper's pool/size description evaluated at one of its call sites."""
+    if isinstance(value, tuple) and value[0] == "arg":
+        return _arg(args, value[1])
+    return value
