@@ -72,8 +72,12 @@ def pack_arm64(entries) -> bytes:
         at = 8 + 40 * i
         buf[at : at + 4] = tag
         for offset, fmt, value in (
-            (0x04, "<I", pa), (0x08, "<I", pf), (0x10, "<Q", pu),
-            (0x18, "<I", npa), (0x1C, "<I", npf), (0x20, "<Q", npu),
+            (0x04, "<I", pa),
+            (0x08, "<I", pf),
+            (0x10, "<Q", pu),
+            (0x18, "<I", npa),
+            (0x1C, "<I", npf),
+            (0x20, "<Q", npu),
         ):
             struct.pack_into(fmt, buf, at + offset, value)
     return bytes(buf)
@@ -174,8 +178,11 @@ def test_packing_then_parsing_gives_the_rows_back(arch, entries):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=4, max_size=4),
-                          *[st.integers(0, 2**64 - 1)] * 6), max_size=10))
+@given(
+    st.lists(
+        st.tuples(st.binary(min_size=4, max_size=4), *[st.integers(0, 2**64 - 1)] * 6), max_size=10
+    )
+)
 def test_packing_then_parsing_gives_the_rows_back_255(entries):
     assert parse_pooltag_information(pack_255(entries), 8, 255) == _expected_rows(entries)
 
@@ -238,7 +245,10 @@ def test_read_live_pool_through_the_stand_in():
     snap = read_live_pool(query=query, pointer_size=8, machine="SRV1", now=taken)
     assert snap.rows == EXPECTED * 400
     assert (snap.taken_at, snap.machine, snap.scope, snap.counter_bits) == (
-        taken, "SRV1", "system", 32,
+        taken,
+        "SRV1",
+        "system",
+        32,
     )
     assert snap.source == "live SystemPoolTagInformation (22)"
     assert query.calls[0] == (22, 0x10000)
@@ -279,8 +289,9 @@ def test_access_denied_says_use_pool_file():
 
 
 def test_other_failures_name_the_status():
-    with pytest.raises(PoolSourceError, match="0xC0000017"):
+    with pytest.raises(live.NtStatusError, match="0xC0000017") as info:
         query_system_information(22, StandIn({22: 0xC0000017}))
+    assert info.value.status == 0xC0000017 and isinstance(info.value, PoolSourceError)
     with pytest.raises(PoolSourceError, match="--pool-file"):
         read_live_pool(query=StandIn({}), pointer_size=8)  # no class known at all
 

@@ -29,6 +29,10 @@ DATA = Path(__file__).parent / "data" / "poolmon"
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
+def deltas(g):
+    return (g.delta_allocs, g.delta_frees, g.delta_diff, g.delta_bytes)
+
+
 def snap(rows, taken_at=None, bits=32, **kw):
     return PoolSnapshot(rows=list(rows), taken_at=taken_at, counter_bits=bits, **kw)
 
@@ -59,10 +63,17 @@ def test_round_trip(tmp_path):
     assert document["format"] == FORMAT and document["version"] == VERSION
     assert document["taken_at"] == "2025-03-01T12:00:00+00:00"
     assert document["rows"][0] == {
-        "tag": "Test", "pool": "paged", "allocs": 1473, "frees": 1002, "bytes": 1972392,
+        "tag": "Test",
+        "pool": "paged",
+        "allocs": 1473,
+        "frees": 1002,
+        "bytes": 1972392,
     }
     assert document["rows"][3] == {
-        "tag": "Vad ", "pool": "nonpaged", "outstanding": 13703, "bytes": 2192480,
+        "tag": "Vad ",
+        "pool": "nonpaged",
+        "outstanding": 13703,
+        "bytes": 2192480,
         "driver_text": "Mm VADs",
     }
 
@@ -105,8 +116,15 @@ def test_round_trip_property(rows, taken_at, machine):
         (json.dumps({"format": FORMAT, "version": 1, "rows": [{"tag": "Test"}]}), "damaged"),
         (json.dumps({"format": FORMAT, "version": 1, "scope": "galaxy"}), "damaged"),
         (
-            json.dumps({"format": FORMAT, "version": 1, "rows": [
-                {"tag": "Test", "pool": "paged", "allocs": -1, "frees": 0, "bytes": 0}]}),
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "version": 1,
+                    "rows": [
+                        {"tag": "Test", "pool": "paged", "allocs": -1, "frees": 0, "bytes": 0}
+                    ],
+                }
+            ),
             "damaged",
         ),
     ],
@@ -126,69 +144,87 @@ def test_unreadable_snapshot(tmp_path):
 
 
 def test_growth_sorted_leak_suspects_first():
-    old = snap([
-        PoolRow("Leak", "nonpaged", 1000, 500, 500 * 64),
-        PoolRow("Big ", "paged", 10, 0, 10 << 20),
-        PoolRow("Calm", "paged", 5000, 4990, 640),
-        PoolRow("Grow", "paged", 100, 90, 1000),
-        PoolRow("Gone", "nonpaged", 3, 1, 200),
-    ], taken_at=T0)
-    new = snap([
-        PoolRow("Leak", "nonpaged", 3000, 500, 2500 * 64),   # +2000 outstanding, +128000 B
-        PoolRow("Big ", "paged", 10, 5, 5 << 20),            # shrank
-        PoolRow("Calm", "paged", 9000, 8990, 640),           # busy but flat
-        PoolRow("Grow", "paged", 200, 180, 2000),            # +10 outstanding, +1000 B
-        PoolRow("New ", "nonpaged", 40, 0, 4000),            # appeared
-    ], taken_at=T0 + timedelta(hours=2))
+    old = snap(
+        [
+            PoolRow("Leak", "nonpaged", 1000, 500, 500 * 64),
+            PoolRow("Big ", "paged", 10, 0, 10 << 20),
+            PoolRow("Calm", "paged", 5000, 4990, 640),
+            PoolRow("Grow", "paged", 100, 90, 1000),
+            PoolRow("Gone", "nonpaged", 3, 1, 200),
+        ],
+        taken_at=T0,
+    )
+    new = snap(
+        [
+            PoolRow("Leak", "nonpaged", 3000, 500, 2500 * 64),  # +2000 outstanding, +128000 B
+            PoolRow("Big ", "paged", 10, 5, 5 << 20),  # shrank
+            PoolRow("Calm", "paged", 9000, 8990, 640),  # busy but flat
+            PoolRow("Grow", "paged", 200, 180, 2000),  # +10 outstanding, +1000 B
+            PoolRow("New ", "nonpaged", 40, 0, 4000),  # appeared
+        ],
+        taken_at=T0 + timedelta(hours=2),
+    )
     growth = diff_snapshots(old, new)
     assert [(g.tag, g.suspect) for g in growth] == [
-        ("Leak", True), ("New ", True), ("Grow", True),
-        ("Calm", False), ("Gone", False), ("Big ", False),
+        ("Leak", True),
+        ("New ", True),
+        ("Grow", True),
+        ("Calm", False),
+        ("Gone", False),
+        ("Big ", False),
     ]
     leak = growth[0]
-    assert (leak.allocs, leak.frees, leak.diff, leak.bytes) == (2000, 0, 2000, 128000)
+    assert deltas(leak) == (2000, 0, 2000, 128000)
     assert leak.interval_seconds == 7200.0 and leak.bytes_per_hour == 64000.0
     fresh = growth[1]
-    assert fresh.old is None and (fresh.allocs, fresh.frees, fresh.diff, fresh.bytes) == (
-        40, 0, 40, 4000,
+    assert fresh.old is None and deltas(fresh) == (
+        40,
+        0,
+        40,
+        4000,
     )
     calm = growth[3]
-    assert (calm.allocs, calm.frees, calm.diff, calm.bytes) == (4000, 4000, 0, 0)
+    assert deltas(calm) == (4000, 4000, 0, 0)
     gone = growth[4]
-    assert gone.new is None and gone.allocs is None and (gone.diff, gone.bytes) == (-2, -200)
+    assert gone.new is None and deltas(gone) == (None, None, -2, -200)
 
 
 def test_growth_across_a_32_bit_counter_wrap():
     old = snap([PoolRow("Irp ", "nonpaged", 2**32 - 100, 2**32 - 150, 50 * 128)])
     new = snap([PoolRow("Irp ", "nonpaged", 400, 2**32 - 10, 410 * 128)])
     (g,) = diff_snapshots(old, new)
-    assert (g.allocs, g.frees) == (500, 140)
-    assert new.rows[0].diff == 410 and g.diff == 360 and g.bytes == 360 * 128
+    assert (g.delta_allocs, g.delta_frees) == (500, 140)
+    assert new.rows[0].diff == 410 and g.delta_diff == 360 and g.delta_bytes == 360 * 128
     assert g.suspect and g.interval_seconds is None and g.bytes_per_hour is None
 
 
 def test_growth_with_64_bit_counters_does_not_wrap_at_32():
     old = snap([PoolRow("Irp ", "nonpaged", 2**32 - 100, 0, 0)], bits=64)
     new = snap([PoolRow("Irp ", "nonpaged", 2**32 + 400, 0, 0)], bits=64)
-    assert diff_snapshots(old, new)[0].allocs == 500
+    assert diff_snapshots(old, new)[0].delta_allocs == 500
     # Compared with a 32-bit source, only the low 32 bits are comparable.
     old32 = snap([PoolRow("Irp ", "nonpaged", 2**32 - 100, 0, 0)], bits=32)
-    assert diff_snapshots(old32, new)[0].allocs == 500
+    assert diff_snapshots(old32, new)[0].delta_allocs == 500
 
 
 def test_growth_of_poolused_outstanding_counts():
     old = snap([PoolRow("IoWI", "nonpaged", None, None, 112 * 1000, outstanding=1000)], bits=64)
     new = snap([PoolRow("IoWI", "nonpaged", None, None, 112 * 5000, outstanding=5000)], bits=64)
     (g,) = diff_snapshots(old, new)
-    assert (g.allocs, g.frees, g.diff, g.bytes, g.suspect) == (None, None, 4000, 448000, True)
+    assert deltas(g) == (None, None, 4000, 448000) and g.suspect
 
 
 def test_growth_between_the_two_drsd_samples():
     before = load_pool_file(DATA / "docs-leak-drsd-before.txt")
     after = load_pool_file(DATA / "docs-leak-drsd-after.txt")
     (g,) = diff_snapshots(before, after)
-    assert (g.tag, g.pool, g.allocs, g.frees, g.diff, g.bytes) == (
-        "Drsd", "paged", 177, 171, 6, 4992,
+    assert (g.tag, g.pool, g.delta_allocs, g.delta_frees, g.delta_diff, g.delta_bytes) == (
+        "Drsd",
+        "paged",
+        177,
+        171,
+        6,
+        4992,
     )
     assert g.suspect
 
@@ -205,4 +241,4 @@ def test_same_tag_in_both_pools_stays_apart():
     old = snap([PoolRow("Ntfr", "paged", 1, 0, 10), PoolRow("Ntfr", "nonpaged", 1, 0, 10)])
     new = snap([PoolRow("Ntfr", "paged", 1, 0, 10), PoolRow("Ntfr", "nonpaged", 9, 0, 90)])
     growth = diff_snapshots(old, new)
-    assert [(g.pool, g.diff) for g in growth] == [("nonpaged", 8), ("paged", 0)]
+    assert [(g.pool, g.delta_diff) for g in growth] == [("nonpaged", 8), ("paged", 0)]

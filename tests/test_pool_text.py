@@ -110,7 +110,14 @@ def test_sorted_by_allocs():
     assert snap.source.startswith("poolmon display")
     assert snap.counter_bits == 32
     assert [r.tag for r in snap.rows] == [
-        "Wait", "ObSt", "Gxlt", "Ustm", "Io  ", "ObSq", "Key ", "SePa",
+        "Wait",
+        "ObSt",
+        "Gxlt",
+        "Ustm",
+        "Io  ",
+        "ObSq",
+        "Key ",
+        "SePa",
     ]
     assert counts(only_row(snap, "Wait", "nonpaged")) == (3971107, 3971077, 8456, 30, 281, None)
     assert counts(only_row(snap, "ObSt", "nonpaged")) == (2791258, 2791258, 0, 0, None, None)
@@ -121,13 +128,28 @@ def test_sorted_by_allocs():
 def test_mapped_driver_text_kept_with_its_spacing():
     snap = load_pool_file(DATA / "docs-mapped-driver-ntf.txt")
     assert counts(only_row(snap, "NtFA", "nonpaged")) == (
-        9112, 9112, 0, 0, None, "[ntfs.sys  -  AttrSup.c]",
+        9112,
+        9112,
+        0,
+        0,
+        None,
+        "[ntfs.sys  -  AttrSup.c]",
     )
     assert counts(only_row(snap, "NtFC", "paged")) == (
-        1579279, 1579269, 640, 10, 64, "[ntfs.sys  -  Create.c]",
+        1579279,
+        1579269,
+        640,
+        10,
+        64,
+        "[ntfs.sys  -  Create.c]",
     )
     assert counts(only_row(snap, "NtFs", "nonpaged")) == (
-        48825, 47226, 64536, 1599, 40, "[ntfs.sys  -  StrucSup.c]",
+        48825,
+        47226,
+        64536,
+        1599,
+        40,
+        "[ntfs.sys  -  StrucSup.c]",
     )
     assert counts(only_row(snap, "NtFv", "paged"))[:3] == (551, 551, 0)
 
@@ -148,10 +170,20 @@ def test_concatenated_driver_field():
     snap = load_pool_file(DATA / "docs-localtag-pooltag-ip.txt")
     assert only_row(snap, "IpEQ", "nonpaged").driver_text == "[ipsec][ipsec.sys    -  event queue]"
     assert counts(only_row(snap, "IpSI", "nonpaged")) == (
-        1027, 0, 53272, 1027, 51, "[ipsec][ipsec.sys    - initial allcoations]",
+        1027,
+        0,
+        53272,
+        1027,
+        51,
+        "[ipsec][ipsec.sys    - initial allcoations]",
     )
     assert counts(only_row(snap, "IpHP", "nonpaged")) == (
-        1, 1, 0, 0, None, "[ipsec.sys    - IP Security]",
+        1,
+        1,
+        0,
+        0,
+        None,
+        "[ipsec.sys    - IP Security]",
     )
 
 
@@ -185,7 +217,12 @@ def test_session0_mapped():
     snap = load_pool_file(DATA / "docs-session0-mapped.txt")
     assert snap.scope == "session 0"
     assert counts(only_row(snap, "Bmfd", "paged")) == (
-        421, 396, 57832, 25, 2313, "[Font related stuff]",
+        421,
+        396,
+        57832,
+        25,
+        2313,
+        "[Font related stuff]",
     )
     assert counts(only_row(snap, "Dh 2", "paged")) == (367, 364, 912, 3, 304, "Unknown Driver")
     assert only_row(snap, "Gcsl", "paged").driver_text == "[Gdi string resource script names]"
@@ -221,10 +258,20 @@ def test_wide_x64_snapshot_rows():
     snap = load_pool_file(DATA / "wide-x64-mapped.txt")
     assert snap.source.startswith("poolmon /n log")
     assert counts(only_row(snap, "ConT", "nonpaged")) == (
-        3097, 2409, 42770432, 688, 62166, "Unknown Driver",
+        3097,
+        2409,
+        42770432,
+        688,
+        62166,
+        "Unknown Driver",
     )
     assert counts(only_row(snap, "Thre", "nonpaged")) == (
-        180351, 176602, 13179648, 3749, 3515, "[nt!ps - Thread objects]",
+        180351,
+        176602,
+        13179648,
+        3749,
+        3515,
+        "[nt!ps - Thread objects]",
     )
 
 
@@ -271,12 +318,17 @@ def _row64(tag, kind, allocs, frees, nbytes, driver=""):
 
 def test_appended_log_runs_last_and_all():
     text = (
-        _log_run(HEADER_32, [_row32("Test", "Paged", 100, 40, 6000),
-                             _row32("Io  ", "Nonp", 10, 5, 500)])
+        _log_run(
+            HEADER_32, [_row32("Test", "Paged", 100, 40, 6000), _row32("Io  ", "Nonp", 10, 5, 500)]
+        )
         + _log_run(HEADER_32, [_row32("Test", "Paged", 150, 50, 10000)], summary=True)
-        + _log_run(HEADER_64 + " Mapped_Driver",
-                   [_row64("Test", "Paged", 5_000_000_000, 4_999_999_000, 123456, "[t.sys]"),
-                    _row64("Dh 1", "Nonp", 7, 7, 0, "Unknown Driver")])
+        + _log_run(
+            HEADER_64 + " Mapped_Driver",
+            [
+                _row64("Test", "Paged", 5_000_000_000, 4_999_999_000, 123456, "[t.sys]"),
+                _row64("Dh 1", "Nonp", 7, 7, 0, "Unknown Driver"),
+            ],
+        )
     )
     runs = parse_poolmon_runs(text)
     assert [len(r.rows) for r in runs] == [2, 1, 2]
@@ -286,7 +338,12 @@ def test_appended_log_runs_last_and_all():
     last = parse_poolmon(text)
     assert last.rows == runs[2].rows
     assert counts(only_row(last, "Test", "paged")) == (
-        5_000_000_000, 4_999_999_000, 123456, 1000, 123, "[t.sys]",
+        5_000_000_000,
+        4_999_999_000,
+        123456,
+        1000,
+        123,
+        "[t.sys]",
     )
     assert only_row(last, "Dh 1", "nonpaged").driver_text == "Unknown Driver"
     assert last.counter_bits == 64  # values past 2**32: this source did not truncate them
@@ -294,15 +351,17 @@ def test_appended_log_runs_last_and_all():
 
 
 def test_console_totals_lines_are_not_tags():
-    text = "\n".join([
-        " Tag  Type     Allocs            Frees            Diff   Bytes       Per Alloc",
-        "",
-        " Test Paged      1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",
-        " Irp  Nonp       9000 (  12)      8990 (  12)       10    4000 (     0)    400",
-        "",
-        " Total Paged     1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",
-        " Totals Nonp     9000 (  12)      8990 (  12)       10    4000 (     0)    400",
-    ])
+    text = "\n".join(
+        [
+            " Tag  Type     Allocs            Frees            Diff   Bytes       Per Alloc",
+            "",
+            " Test Paged      1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",
+            " Irp  Nonp       9000 (  12)      8990 (  12)       10    4000 (     0)    400",
+            "",
+            " Total Paged     1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",
+            " Totals Nonp     9000 (  12)      8990 (  12)       10    4000 (     0)    400",
+        ]
+    )
     snap = parse_poolmon(text)
     assert [r.tag for r in snap.rows] == ["Test", "Irp "]
     assert snap.warnings == []
@@ -367,16 +426,18 @@ def test_issue_table_dedented_and_with_crlf():
 
 
 def test_damaged_lines_are_warnings_with_line_numbers():
-    text = "\n".join([
-        " Tag  Type     Allocs            Frees            Diff   Bytes       Per Alloc",  # 1
-        "",                                                                                 # 2
-        " Good Paged      1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",   # 3
-        " Bad1 Paged      14x3 (   0)      1002 (   0)      471 1972392 (     0)   4187",   # 4
-        " Bad2 Nonp        100 (   0",                                                      # 5
-        "this line is prose that slipped into the table",                                   # 6
-        " Ok2  Nonp        100 (   0)        50 (   0)       50    5000 (     0)    100",   # 7
-        " Good Paged         1 (   0)         0 (   0)        1      16 (     0)     16",   # 8
-    ])
+    text = "\n".join(
+        [
+            " Tag  Type     Allocs            Frees            Diff   Bytes       Per Alloc",  # 1
+            "",  # 2
+            " Good Paged      1473 (   0)      1002 (   0)      471 1972392 (     0)   4187",  # 3
+            " Bad1 Paged      14x3 (   0)      1002 (   0)      471 1972392 (     0)   4187",  # 4
+            " Bad2 Nonp        100 (   0",  # 5
+            "this line is prose that slipped into the table",  # 6
+            " Ok2  Nonp        100 (   0)        50 (   0)       50    5000 (     0)    100",  # 7
+            " Good Paged         1 (   0)         0 (   0)        1      16 (     0)     16",  # 8
+        ]
+    )
     snap = parse_poolmon(text)
     assert [r.tag for r in snap.rows] == ["Good", "Ok2 ", "Good"]
     lines = [line for line, _ in snap.warnings]
@@ -402,8 +463,13 @@ def test_poolused_damaged_row():
     )
     snap = parse_poolused(text)
     assert [r.tag for r in snap.rows] == ["Good"]
-    assert snap.warnings == [(7, "not a !poolused row, skipped: 'Bad1       10         16x0"
-                                 "          0            0\\tBroken'")]
+    assert snap.warnings == [
+        (
+            7,
+            "not a !poolused row, skipped: 'Bad1       10         16x0"
+            "          0            0\\tBroken'",
+        )
+    ]
 
 
 # --- !poolused ---------------------------------------------------------------------------------
@@ -416,7 +482,10 @@ def test_poolused_two_rows_per_tag_when_both_pools_hold_something():
     assert used(only_row(snap, "amda", "nonpaged")) == (5768754, 1938325232, 336, amda)
     assert used(only_row(snap, "amda", "paged")) == (32, 9360, 292, amda)
     assert used(only_row(snap, "IoWI", "nonpaged")) == (
-        5769999, 646239888, 112, "Io work items , Binary: nt!io",
+        5769999,
+        646239888,
+        112,
+        "Io work items , Binary: nt!io",
     )
     assert rows_of(snap, "IoWI", "paged") == []
     assert used(only_row(snap, "MKCx", "paged"))[:2] == (3, 288)
@@ -428,7 +497,10 @@ def test_poolused_two_rows_per_tag_when_both_pools_hold_something():
 def test_poolused_cache_messages_trailing_space_tags_and_descriptions():
     snap = load_pool_file(DATA / "poolused-2-nonpaged-cachemsgs.txt")
     assert used(only_row(snap, "Vad ", "nonpaged")) == (
-        13703, 2192480, 160, "Mm virtual address descriptors , Binary: nt!mm",
+        13703,
+        2192480,
+        160,
+        "Mm virtual address descriptors , Binary: nt!mm",
     )
     assert only_row(snap, "File", "nonpaged").driver_text == "File objects"
     assert only_row(snap, "NtxF", "nonpaged").driver_text == (
@@ -470,7 +542,10 @@ def test_poolused_older_format_and_session_flag():
     assert snap.scope == "session"
     assert used(only_row(snap, "1394", "nonpaged"))[:2] == (1, 520)
     assert used(only_row(snap, "AGP ", "paged")) == (
-        2, 384, 192, "UNKNOWN pooltag 'AGP ', please update",
+        2,
+        384,
+        192,
+        "UNKNOWN pooltag 'AGP ', please update",
     )
 
 
@@ -510,8 +585,21 @@ _FRAGMENTS = [
     ISSUE_TABLE,
     (DATA / "docs-sorted-by-allocs.txt").read_text(),
     (DATA / "poolused-2-and-4-truncated.txt").read_text(),
-    " Tag  Type", "Paged", "Nonp", " ( ", ")", "\t", "\r\n", "...", "kd> !poolused 8",
-    " Sorting by Tag", "-----", "## Tag Type Allocs Frees", "9" * 30, "\x00", "\u2026",
+    " Tag  Type",
+    "Paged",
+    "Nonp",
+    " ( ",
+    ")",
+    "\t",
+    "\r\n",
+    "...",
+    "kd> !poolused 8",
+    " Sorting by Tag",
+    "-----",
+    "## Tag Type Allocs Frees",
+    "9" * 30,
+    "\x00",
+    "\u2026",
 ]
 
 

@@ -10,35 +10,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import PoolRow, PoolSnapshot, counter_delta
+from .model import PoolRow, PoolSnapshot, PoolType, counter_delta
 
 
 @dataclass(frozen=True)
 class PoolGrowth:
-    """Change of one (tag, pool) from `old` to `new`. One side is None when the tag appears in
-    only one snapshot (the missing side counts as zero). `allocs` and `frees` are None when a
-    source does not report cumulative counters (!poolused)."""
+    """Change of one (tag, pool) from `old` to `new`: allocations and frees made in between
+    (`delta_allocs`, `delta_frees`), and the change of what is outstanding (`delta_diff`) and
+    of bytes in use (`delta_bytes`). One side is None when the tag appears in only one snapshot
+    (the missing side counts as zero). The alloc/free deltas are None when a source does not
+    report cumulative counters (!poolused) or the tag is gone from `new`."""
 
     tag: str
-    pool: str
+    pool: PoolType
     old: PoolRow | None
     new: PoolRow | None
-    allocs: int | None
-    frees: int | None
-    diff: int
-    bytes: int
+    delta_allocs: int | None
+    delta_frees: int | None
+    delta_diff: int
+    delta_bytes: int
     interval_seconds: float | None
 
     @property
     def suspect(self) -> bool:
         """Outstanding allocations and the bytes they hold both grew."""
-        return self.diff > 0 and self.bytes > 0
+        return self.delta_diff > 0 and self.delta_bytes > 0
 
     @property
     def bytes_per_hour(self) -> float | None:
         if not self.interval_seconds:
             return None
-        return self.bytes * 3600.0 / self.interval_seconds
+        return self.delta_bytes * 3600.0 / self.interval_seconds
 
 
 def diff_snapshots(old: PoolSnapshot, new: PoolSnapshot) -> list[PoolGrowth]:
@@ -51,12 +53,12 @@ def diff_snapshots(old: PoolSnapshot, new: PoolSnapshot) -> list[PoolGrowth]:
     growth = [
         _growth(key, before.get(key), after.get(key), bits, interval) for key in keys
     ]
-    growth.sort(key=lambda g: (not g.suspect, -g.bytes, -g.diff, g.tag, g.pool))
+    growth.sort(key=lambda g: (not g.suspect, -g.delta_bytes, -g.delta_diff, g.tag, g.pool))
     return growth
 
 
 def _growth(
-    key: tuple[str, str],
+    key: tuple[str, PoolType],
     old: PoolRow | None,
     new: PoolRow | None,
     bits: int,
@@ -73,10 +75,10 @@ def _growth(
         pool=key[1],
         old=old,
         new=new,
-        allocs=allocs,
-        frees=frees,
-        diff=(new.diff if new else 0) - (old.diff if old else 0),
-        bytes=(new.bytes if new else 0) - (old.bytes if old else 0),
+        delta_allocs=allocs,
+        delta_frees=frees,
+        delta_diff=(new.diff if new else 0) - (old.diff if old else 0),
+        delta_bytes=(new.bytes if new else 0) - (old.bytes if old else 0),
         interval_seconds=interval,
     )
 

@@ -5,29 +5,32 @@ The query function is injectable (same signature as ntdll's: info class, buffer,
 byref(ULONG return length) -> NTSTATUS), and the parsers take the pointer size as a parameter,
 so everything here except the ntdll lookup runs and is tested on any OS.
 
-Layouts, as verified in public sources (see LAYOUTS for the table itself):
+Layouts, as verified in public sources (LAYOUTS below is the table itself):
 
-- SYSTEM_POOLTAG_INFORMATION { ULONG Count; SYSTEM_POOLTAG TagInfo[]; } and SYSTEM_POOLTAG
+- SYSTEM_POOLTAG_INFORMATION { ULONG Count; SYSTEM_POOLTAG TagInfo[]; } with SYSTEM_POOLTAG
   { UCHAR Tag[4]; ULONG PagedAllocs; ULONG PagedFrees; SIZE_T PagedUsed; ULONG NonPagedAllocs;
-  ULONG NonPagedFrees; SIZE_T NonPagedUsed; }: phnt ntexapi.h (winsiderss/phnt) and ReactOS
-  sdk/include/ndk/extypes.h ("Class 22") declare the same fields. A PDB-derived x86 header
-  (ntdiff-style dump, "_SYSTEM_POOLTAG ... size: 0x001c") gives the x86 offsets 0/4/8/0xC/
-  0x10/0x14/0x18; a published offsets table for both ("x86 = 28, x64 = 40") gives x64 offsets
-  0/4/8/0x10/0x18/0x1C/0x20 and TagInfo at +4 (x86) / +8 (x64). That is plain C alignment of
-  an 8-byte SIZE_T, which ARM64 Windows shares with x64 (PDB-derived ARM64 kernel structures in
-  ntdiff/headers align their 8-byte fields the same way), so ARM64 uses the x64 layout.
+  ULONG NonPagedFrees; SIZE_T NonPagedUsed; }: the same fields in winsiderss/phnt ntexapi.h and
+  in ReactOS sdk/include/ndk/extypes.h ("// Class 22").
+- Offsets: a PDB-derived x86 dump of _SYSTEM_POOLTAG gives 0/4/8/0xC/0x10/0x14/0x18, size
+  0x1C; a published offsets table ("x86 = 28, x64 = 40") gives x64 0/4/8/0x10/0x18/0x1C/0x20
+  and TagInfo at +4 (x86) / +8 (x64), which ntdiff/headers' PDB-derived x64
+  _SYSTEM_BIGPOOL_INFORMATION (ULONG Count, array at +8) corroborates. It is plain C
+  alignment of the 8-byte SIZE_T. ARM64 Windows aligns 8-byte fields the same way (ntdiff/
+  headers Win10_20H1_18885/ARM64 _POOL_TRACKER_TABLE: ULONG Key at 0, next ULONG64 at 8), so
+  ARM64 uses the x64 layout.
 - SystemPoolTagInformation2 (255): phnt's SYSTEM_INFORMATION_CLASS lists it as
-  "q: SYSTEM_POOLTAG_INFORMATION2 // since 26H1", but no public header defines the structure.
-  The layout below (56-byte entries, tag at +0 then six 64-bit counters in SYSTEM_POOLTAG's
-  order) is tagfind's design assumption, NOT verified: it is parsed only when a caller asks for
-  class 255 explicitly, never by default.
-- SystemSessionPoolTagInformation (67) is left out: phnt declares the output as a chain of
-  SYSTEM_SESSION_POOLTAG_INFORMATION { SIZE_T NextEntryOffset; ULONG SessionId; ULONG Count;
-  SYSTEM_POOLTAG TagInfo[]; }, the Windows Research Kernel's sysinfo.c takes a
-  SYSTEM_SESSION_PROCESS_INFORMATION { SessionId, SizeOfBuf, Buffer } as input and writes into
-  Buffer, and a report against yardenshafir/InformationClasses (issue 1) gives
-  { ULONG Count; ULONG SessionId; ... } on Windows 10 19045. Session pool comes in through
-  poolmon /s text instead.
+  "q: SYSTEM_POOLTAG_INFORMATION2 // since 26H1", but no public header found (phnt, ReactOS,
+  GitHub code search) defines the structure. The layout below (56-byte entries: tag at +0,
+  then six 64-bit counters from +8 in SYSTEM_POOLTAG's order) is tagfind's design assumption,
+  NOT verified. It is parsed only when a caller asks for class 255 explicitly, never by
+  default.
+- SystemSessionPoolTagInformation (67) is left out because the sources disagree. phnt declares
+  the output as a chain of SYSTEM_SESSION_POOLTAG_INFORMATION { SIZE_T NextEntryOffset; ULONG
+  SessionId; ULONG Count; SYSTEM_POOLTAG TagInfo[]; }. The Windows Research Kernel's
+  base/ntos/ex/sysinfo.c takes a SYSTEM_SESSION_PROCESS_INFORMATION { SessionId, SizeOfBuf,
+  Buffer } as input and writes into Buffer. A report on yardenshafir/InformationClasses
+  (issue 1) gives { ULONG Count; ULONG SessionId; ... } on Windows 10 19045. ReactOS leaves the
+  class undefined. Session pool comes in through poolmon /s text instead.
 """
 
 from __future__ import annotations
@@ -114,6 +117,14 @@ _CLASS_NAMES = {
 }
 
 
+class NtStatusError(PoolSourceError):
+    """NtQuerySystemInformation answered with a failure NTSTATUS (kept in `status`)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def layout_for(info_class: int, pointer_size: int) -> PoolTagLayout:
     try:
         return LAYOUTS[(info_class, pointer_size)]
@@ -182,7 +193,7 @@ def query_system_information(
 
     The tag table can grow between the call that reports the size and the next one, so the
     reported length gets some slack, and the number of tries is bounded. Other failures raise
-    PoolSourceError carrying the NTSTATUS (as `.status`).
+    NtStatusError (a PoolSourceError) carrying the NTSTATUS.
     """
     size = initial_size
     for _ in range(max_tries):
@@ -201,15 +212,13 @@ def query_system_information(
     )
 
 
-def _status_error(info_class: int, status: int) -> PoolSourceError:
+def _status_error(info_class: int, status: int) -> NtStatusError:
     name = _CLASS_NAMES.get(info_class, f"information class {info_class}")
     if status == STATUS_ACCESS_DENIED:
         message = f"reading {name} was denied (run elevated), or {_NO_LIVE}"
     else:
         message = f"reading {name} failed with NTSTATUS 0x{status:08X}; {_NO_LIVE}"
-    error = PoolSourceError(message)
-    error.status = status  # type: ignore[attr-defined]
-    return error
+    return NtStatusError(message, status)
 
 
 def read_live_pool(
@@ -232,13 +241,13 @@ def read_live_pool(
     if pointer_size is None:
         pointer_size = struct.calcsize("P")
     classes = list(info_classes)
-    last_error: PoolSourceError | None = None
+    last_error: NtStatusError | None = None
     for info_class in classes:
         layout = layout_for(info_class, pointer_size)
         try:
             buffer = query_system_information(info_class, query)
-        except PoolSourceError as error:
-            if getattr(error, "status", None) in _UNKNOWN_CLASS:
+        except NtStatusError as error:
+            if error.status in _UNKNOWN_CLASS:
                 last_error = error
                 continue
             raise

@@ -89,7 +89,7 @@ class PoolRow:
         return self.bytes // diff if diff > 0 else None
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> tuple[str, PoolType]:
         return (self.tag, self.pool)
 
 
@@ -119,6 +119,6 @@ class PoolSnapshot:
         if self.counter_bits not in (32, 64):
             raise ValueError(f"counter_bits is 32 or 64, got {self.counter_bits!r}")
 
-    def by_key(self) -> dict[tuple[str, str], PoolRow]:
+    def by_key(self) -> dict[tuple[str, PoolType], PoolRow]:
         """Rows by (tag, pool). If a source listed the same pair twice, the last one wins."""
         return {row.key: row for row in self.rows}
