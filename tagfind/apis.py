@@ -8,6 +8,7 @@ lookaside -> "lookaside", other -> "tagged-api", untagged -> "untagged" (Windows
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -19,6 +20,14 @@ class PoolApi:
     pool_arg: int | None = None
     size_arg: int | None = None
     pool_is_flags: bool = False
+    # Reached through another import that dispatches on a function code: (import name,
+    # index of the code argument, value). StorPortAllocatePool is a FORCEINLINE in storport.h
+    # that calls StorPortExtendedFunction(ExtFunctionAllocatePool = 0, ...).
+    via_import: tuple[str, int, int] | None = None
+
+    @property
+    def import_name(self) -> str:
+        return self.via_import[0] if self.via_import else self.name
 
 
 _ROWS: tuple[PoolApi, ...] = (
@@ -33,7 +42,8 @@ _ROWS: tuple[PoolApi, ...] = (
     PoolApi("NdisAllocateMemoryWithTag", "alloc", 2, None, 1),
     PoolApi("NdisAllocateMemoryWithTagPriority", "alloc", 2, None, 1),
     PoolApi("FltAllocatePoolAlignedWithTag", "alloc", 3, 1, 2),
-    PoolApi("StorPortAllocatePool", "alloc", 2, None, 1),
+    PoolApi("StorPortAllocatePool", "alloc", 3, None, 2,
+            via_import=("StorPortExtendedFunction", 0, 0)),
     PoolApi("ExFreePoolWithTag", "free", 1),
     PoolApi("ExFreePool2", "free", 1),
     PoolApi("NdisFreeMemoryWithTag", "free", 1),
@@ -48,6 +58,22 @@ _ROWS: tuple[PoolApi, ...] = (
 )
 
 POOL_APIS: dict[str, PoolApi] = {row.name: row for row in _ROWS}
+
+# Import name -> the rows it can stand for (several when it dispatches on a function code).
+APIS_BY_IMPORT: dict[str, tuple[PoolApi, ...]] = {}
+for _row in _ROWS:
+    APIS_BY_IMPORT[_row.import_name] = (*APIS_BY_IMPORT.get(_row.import_name, ()), _row)
+
+
+def api_for_call(import_name: str, args: Sequence[object]) -> PoolApi | None:
+    """The pool API a call to import_name with these argument values amounts to, if any."""
+    for row in APIS_BY_IMPORT.get(import_name, ()):
+        if row.via_import is None:
+            return row
+        _, index, code = row.via_import
+        if index < len(args) and args[index] == code:
+            return row
+    return None
 
 EVIDENCE_OF_KIND = {
     "alloc": "call",

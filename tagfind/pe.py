@@ -79,6 +79,7 @@ class PEImage:
         self.entry_point = pe.OPTIONAL_HEADER.AddressOfEntryPoint
         self.size_of_image = pe.OPTIONAL_HEADER.SizeOfImage
         self.sections = _sections(pe, data)
+        _check_complete(pe, data)
         self.warnings: list[str] = []
         self.imports: dict[int, str] = {}  # IAT slot RVA -> imported function name
         self.import_dlls: dict[int, str] = {}  # IAT slot RVA -> DLL name (lowercase)
@@ -227,6 +228,24 @@ def _read_file(path: str) -> bytes:
             return handle.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise PEError(f"cannot read: {exc.strerror or exc}") from None
+
+
+def _check_complete(pe: pefile.PE, data: bytes) -> None:
+    """Refuse truncated files and directories that point outside the image: both happen with
+    half-written updates and crafted files, and scanning them would report partial truth."""
+    for sec in pe.sections:
+        if sec.SizeOfRawData and sec.PointerToRawData + sec.SizeOfRawData > len(data):
+            name = sec.Name.rstrip(b"\0").decode("latin-1")
+            raise PEError(f"truncated file: section {name or '?'} ends past the end of the file")
+    size = pe.OPTIONAL_HEADER.SizeOfImage
+    for index, label in ((_DIR_IMPORT, "import"), (_DIR_EXCEPTION, "exception"),
+                         (_DIR_EXPORT, "export")):
+        try:
+            directory = pe.OPTIONAL_HEADER.DATA_DIRECTORY[index]
+        except IndexError:
+            continue
+        if directory.VirtualAddress and directory.VirtualAddress + directory.Size > size:
+            raise PEError(f"damaged PE: {label} directory lies outside the image")
 
 
 def _decode(name: bytes | str | None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from ..apis import POOL_APIS
+from ..apis import APIS_BY_IMPORT
 from ..pe import PEError, PEImage
 from .finder import SiteFinder
 from .model import ScanResult, Site, evidence_for
@@ -22,6 +22,14 @@ def _backend_for(image: PEImage):
         from .x64 import X64Backend
 
         return X64Backend(image)
+    if image.arch == "x86":
+        from .x86 import X86Backend
+
+        return X86Backend(image)
+    if image.arch == "arm64":
+        from .arm64 import Arm64Backend
+
+        return Arm64Backend(image)
     return None
 
 
@@ -29,8 +37,8 @@ def scan_image(image: PEImage, result: ScanResult) -> None:
     result.arch = image.arch
     result.image_base = image.image_base
     result.notes.extend(image.warnings)
-    uses_pool = any(name in POOL_APIS for name in image.imports.values()) or any(
-        name in POOL_APIS for name in image.exports.values()
+    uses_pool = any(name in APIS_BY_IMPORT for name in image.imports.values()) or any(
+        name in APIS_BY_IMPORT for name in image.exports.values()
     )
     result.imports_pool_api = uses_pool
     if not uses_pool:

@@ -72,12 +72,13 @@ def run(
     entry: State,
     transfer: Transfer,
     flow_of: FlowOf,
-    orphan_state: Callable[[], State],
+    orphan_state: Callable[[int], State],
     observe: Callable[[State, Insn], Any],
     max_rounds: int = 40,
 ) -> bool:
     """Iterate states to a fixpoint, then replay every block once calling observe(state, insn)
-    before each instruction's transfer. Blocks no edge reaches start from orphan_state().
+    before each instruction's transfer. Blocks no edge reaches start from
+    orphan_state(address of the block).
     Returns False when the iteration budget ran out before a fixpoint: the observed values
     may then be wrong and must not be trusted."""
     if not insns:
@@ -110,7 +111,7 @@ def run(
     states[0] = entry
     for b in range(1, len(blocks)):
         if preds_count[b] == 0:
-            states[b] = orphan_state()
+            states[b] = orphan_state(insns[blocks[b][0]].address)
     work = list(range(len(blocks)))
     rounds = 0
     budget = max_rounds * len(blocks)
@@ -133,7 +134,9 @@ def run(
 
     for b, (s, e) in enumerate(blocks):
         state_in = states[b]
-        state = state_in.copy() if state_in is not None else orphan_state()
+        if state_in is None:  # reached only from blocks the budget never got to
+            state_in = orphan_state(insns[s].address)
+        state = state_in.copy()
         for i in range(s, e):
             observe(state, insns[i])
             transfer(state, insns[i])

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..apis import POOL_APIS, PoolApi
+from ..apis import POOL_APIS, PoolApi, api_for_call
 from ..tags import NONE_TAG, strip_protected
 from .dataflow import Value
 from .model import Site, evidence_for
@@ -85,11 +85,15 @@ class SiteFinder:
                 self.truncated = True
                 break
             self.events[function] = self.backend.analyse(function)
+        by_function: dict[int, list[CallEvent]] = {}
+        for events in self.events.values():
+            for event in events:
+                by_function.setdefault(event.function, []).append(event)
         found = []
         changed = True
         while changed:  # a function may become a wrapper only once its callee is known as one
             changed = False
-            for function, events in self.events.items():
+            for function, events in by_function.items():
                 if function in self.wrappers:
                     continue
                 wrapper = self._as_wrapper(function, events)
@@ -99,15 +103,17 @@ class SiteFinder:
                     changed = True
         return found
 
-    def _resolve(self, target: Value | None) -> tuple[PoolApi, Wrapper | None, int] | None:
-        """(api, wrapper or None, wrapper RVA) for a call target that reaches a pool API."""
+    def _resolve(self, event: CallEvent) -> tuple[PoolApi, Wrapper | None, int] | None:
+        """(api, wrapper or None, wrapper RVA) for a call that reaches a pool API."""
+        target = event.target
         if isinstance(target, tuple) and target[0] == "imp":
-            api = POOL_APIS.get(target[1])
+            api = api_for_call(target[1], event.args)
             return (api, None, 0) if api else None
         if isinstance(target, int):
             name = self.local_apis.get(target)
             if name is not None:
-                return POOL_APIS[name], None, 0
+                api = api_for_call(name, event.args)
+                return (api, None, 0) if api else None
             wrapper = self.wrappers.get(target)
             if wrapper is not None:
                 return POOL_APIS[wrapper.api], wrapper, target
@@ -115,7 +121,7 @@ class SiteFinder:
 
     def _as_wrapper(self, function: int, events: list[CallEvent]) -> Wrapper | None:
         for event in events:
-            resolved = self._resolve(event.target)
+            resolved = self._resolve(event)
             if resolved is None:
                 continue
             api, wrapper, wrapper_rva = resolved
@@ -140,16 +146,18 @@ class SiteFinder:
     # --- sites ------------------------------------------------------------------------------
     def _sites(self) -> list[Site]:
         sites: list[Site] = []
-        for function, events in self.events.items():
+        for events in self.events.values():
             for event in events:
-                site = self._site(function, event)
+                site = self._site(event.function, event)
                 if site is not None:
                     sites.append(site)
         sites.sort(key=lambda s: (s.rva, s.api))
         return sites
 
     def _site(self, function: int, event: CallEvent) -> Site | None:
-        resolved = self._resolve(event.target)
+        if event.rva in self.local_apis:
+            return None  # an import thunk's own jump stands for the API; it is not a use
+        resolved = self._resolve(event)
         if resolved is None:
             return None
         api, wrapper, wrapper_rva = resolved
@@ -161,9 +169,11 @@ class SiteFinder:
         if api.tag_arg is None:
             return Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via, function)
         raw = _arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg)
-        if isinstance(raw, tuple) and raw[0] == "arg" and function in self.wrappers:
-            return None  # this is the wrapper forwarding its caller's tag, not a tag of its own
         if not isinstance(raw, int):
+            if wrapper is not None:
+                return None  # a call between wrappers is not a pool call of its own
+            # A direct pool call whose tag is not a constant here (a wrapper's own call
+            # included: its callers' sites carry the values).
             return Site(event.rva, api.name, None, evidence, False, pool, size, via, function)
         tag, protected = strip_protected(raw & 0xFFFFFFFF)
         if tag == 0:

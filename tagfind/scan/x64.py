@@ -8,12 +8,13 @@ capstone's lite decoder, which is several times faster than its detail mode.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 import capstone
 import numpy as np
 
-from ..apis import POOL_APIS
+from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
 
@@ -313,17 +314,19 @@ class X64Semantics:
         direct = _direct_target(text)
         if direct is not None:
             return direct
-        value = self.read(state, insn, text)
-        if value is not None:
-            return value
         mem = self._mem(state, insn, text)
         if mem is not None and mem[0] == "rip":
-            if mem[1] in self.guard_slots:
+            slot = mem[1]
+            if slot in self.guard_slots:
                 # CFG: call [__guard_dispatch_icall_fptr] jumps to the target held in rax.
                 return state.regs.get("rax")
-            if mem[1] in self.all_imports:
-                return ("imp", self.all_imports[mem[1]])
-        return None
+            if slot in self.all_imports:
+                return ("imp", self.all_imports[slot])
+            pointer = self.read(state, insn, text)
+            if isinstance(pointer, int) and pointer >= self.image.image_base:
+                return pointer - self.image.image_base  # a constant code pointer (VA)
+            return None
+        return self.read(state, insn, text)
 
     def call_args(self, state: State, tail: bool) -> list[Value | None]:
         """Argument values at a call (tail=True: at a jmp that leaves the function, where the
@@ -332,7 +335,9 @@ class X64Semantics:
         sp = state.regs.get("rsp")
         for k in range(len(ARG_REGS), MAX_ARGS):
             if isinstance(sp, tuple) and sp[0] == "sp":
-                args.append(read_stack(state, sp[1] + 8 * k + (8 if tail else 0), 8))
+                # 4 bytes: compilers store ULONG arguments with a dword move, and the APIs'
+                # sizes and pool types never need the upper half.
+                args.append(read_stack(state, sp[1] + 8 * k + (8 if tail else 0), 4))
             else:
                 args.append(None)
         return args
@@ -421,12 +426,17 @@ class X64Backend:
 
     def __init__(self, image) -> None:
         self.image = image
-        self.api_slots = {slot: name for slot, name in image.imports.items() if name in POOL_APIS}
+        self.api_slots = {
+            slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
+        }
         self.semantics = X64Semantics(image, self.api_slots, image.guard_dispatch_slots)
         self.md = make_decoder()
         self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
-        self._local_apis = {rva: name for rva, name in image.exports.items() if name in POOL_APIS}
+        self._local_apis = {
+            rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
+        }
         self._rip_hits: list[int] = []
+        self._jump_slots: dict[int, str] = {}  # jmp [IAT] locations: thunks or tail calls
         self._call_src = np.zeros(0, dtype=np.int64)
         self._call_dst = np.zeros(0, dtype=np.int64)
         self._scan_code()
@@ -469,6 +479,25 @@ class X64Backend:
             dst = np.concatenate(dsts)
             order = np.argsort(dst, kind="stable")
             self._call_src, self._call_dst = src[order], dst[order]
+        # A jmp through the IAT that local code calls is an import thunk (MinGW makes one per
+        # import not declared dllimport); one nobody calls is a tail call inside a function.
+        for rva, api in self._jump_slots.items():
+            if self._is_thunk(rva):
+                self._local_apis.setdefault(rva, api)
+
+    def _is_thunk(self, rva: int) -> bool:
+        image = self.image
+        pdata = image.function_containing(rva)
+        if pdata is not None:
+            return pdata[0] == rva  # a function that only jumps on; else a tail call
+        if len(self.callers_of(rva)) or (len(image.functions)
+                                         and image.function_end_before(rva) == rva):
+            return True  # called, or right where the previous function ends
+        section = image.section_at(rva)
+        before = image.read(rva - 1, 1) if section and rva > section.rva else b""
+        # Thunks sit after padding, after another thunk, or at the start of the section.
+        return (not before or before in (b"\xcc", b"\x90")
+                or rva - 6 in self._jump_slots or rva - 7 in self._jump_slots)
 
     def _rip_hit(self, section, raw: np.ndarray, disp_offset: int, slot: int) -> None:
         rva = section.rva + disp_offset
@@ -477,7 +506,7 @@ class X64Backend:
             start = disp_offset - 2
             if start >= 1 and raw[start - 1] == 0x48:  # rex.W jmp, as MSVC writes tail calls
                 start -= 1
-            self._local_apis.setdefault(section.rva + start, self.api_slots[slot])
+            self._jump_slots[section.rva + start] = self.api_slots[slot]
 
     # --- Backend protocol -------------------------------------------------------------------
     def local_apis(self) -> dict[int, str]:
@@ -489,8 +518,10 @@ class X64Backend:
         if len(thunks):
             rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
         out = []
+        thunk_disps = {rva + (3 if self.image.read(rva, 1) == b"\x48" else 2)
+                       for rva in self._local_apis}
         for rva in rvas:
-            if rva in self._local_apis:
+            if rva in thunk_disps:
                 continue  # the thunk itself
             function = self.function_of(rva)
             if function is not None:
@@ -501,6 +532,11 @@ class X64Backend:
         lo = np.searchsorted(self._call_dst, target, side="left")
         hi = np.searchsorted(self._call_dst, target, side="right")
         return self._call_src[lo:hi].tolist()
+
+    def _called_between(self, lo: int, hi: int) -> list[int]:
+        a = np.searchsorted(self._call_dst, lo, side="left")
+        b = np.searchsorted(self._call_dst, hi, side="left")
+        return np.unique(self._call_dst[a:b]).tolist()
 
     def function_of(self, rva: int) -> int | None:
         image = self.image
@@ -539,12 +575,15 @@ class X64Backend:
         sem = self.semantics
         events: list[CallEvent] = []
         lo, hi = function, function + len(code)
+        # Without .pdata several leaf functions may share the region; a jmp to an address that
+        # some call targets is a tail call into another function, not a branch in this one.
+        called = set() if has_pdata else set(self._called_between(lo, hi))
 
         def observe(state: State, insn: Insn) -> None:
             mnem = insn.mnemonic
             if mnem == "jmp":
                 direct = _direct_target(insn.op_str)
-                if direct is not None and lo <= direct < hi:
+                if direct is not None and lo <= direct < hi and direct not in called:
                     return  # a branch inside the function
             elif not mnem.startswith("call"):
                 return
@@ -555,12 +594,36 @@ class X64Backend:
             events.append(CallEvent(insn.address, function, target, tuple(args)))
 
         entry = sem.entry_state() if fresh else sem.unknown_state()
-        # Inside a .pdata function a block no edge reaches is a switch case (reached through
-        # a jump table): nothing is known there. Without .pdata it is most likely the next
-        # leaf function, entered fresh.
-        orphan = sem.unknown_state if has_pdata else sem.entry_state
-        converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe)
-        if not converged:
-            events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
-                      for e in events]
-        return events
+        entries = [function]
+
+        def orphan(address: int) -> State:
+            # Inside a .pdata function a block no edge reaches is a switch case (reached
+            # through a jump table): nothing is known there. Without .pdata it follows a
+            # ret or jmp and is most likely the next leaf function, entered fresh.
+            if has_pdata:
+                return sem.unknown_state()
+            entries.append(address)
+            return sem.entry_state()
+
+        def flow(insn: Insn) -> Flow:
+            result = sem.flow(insn)
+            if called and insn.mnemonic == "jmp" and set(result.targets) & called:
+                return Flow((), False)
+            return result
+
+        converged = run(insns, entry, sem.transfer, flow, orphan, observe)
+        starts = sorted({_skip_padding(insns, a) for a in entries})
+        out = []
+        for e in events:
+            owner = starts[bisect.bisect_right(starts, e.rva) - 1] if starts else function
+            args = e.args if converged else (None,) * len(e.args)
+            out.append(CallEvent(e.rva, owner, e.target, args))
+        return out
+
+
+def _skip_padding(insns: list[Insn], address: int) -> int:
+    """The first instruction at or after address that is not padding (nop, int3)."""
+    i = bisect.bisect_left([insn.address for insn in insns], address)
+    while i < len(insns) and (insns[i].mnemonic.startswith("nop") or insns[i].mnemonic == "int3"):
+        i += 1
+    return insns[i].address if i < len(insns) else address

@@ -1,0 +1,812 @@
+"""x86 (32-bit) semantics and backend for the scanner.
+
+Calling convention. Kernel APIs are stdcall (NTAPI): arguments are pushed right to left, so at
+the call argument k is the dword at [esp+4k], and the callee pops them (`ret 4n`). Compilers
+place them either with pushes (MSVC, clang) or with `mov [esp+4k], x` into an outgoing area
+reserved in the prologue (GCC, clang with -mno-push-args): both are plain stack writes here, so
+the tag is "the value in slot 2 at the call", whatever sits between the pushes.
+
+Tracking esp across calls. After a call esp rises by the bytes the callee pops. We know that
+number for: the pool APIs and a few other imports (tables below; the `@N` stdcall decoration
+that would give it is not in the image: import names are undecorated, the decoration lives only
+in the import library), and for local functions, whose reachable `ret N` instructions we read
+(one N for all of them, and no other write to esp than push/pop/add/sub/leave-style frame code).
+Otherwise esp becomes unknown. An unknown esp is re-based at the next instruction that uses it:
+the stack pointer is then a fresh symbol owned by that instruction (an "epoch"), slots are
+addressed relative to it, and the next call's pushed arguments are still exact because they
+are written and read relative to the same symbol. Only slots written before the epoch become
+unreachable through esp (ebp-based frames keep them). Where paths with different epochs meet,
+esp is unknown and re-based again.
+
+Function starts (no .pdata on x86), in order of trust:
+  1. the entry point and exports;
+  2. import thunks (`jmp [IAT]`);
+  3. targets of `call rel32` (E8) inside a code section that decode as plausible code and are
+     called from two places or sit after padding/ret/16-byte alignment;
+  4. prologues `push ebp; mov ebp, esp` (55 8B EC, 55 89 E5; MSVC's hot-patch `mov edi, edi`
+     before it, 8B FF, starts the function) after padding or a ret.
+A site belongs to the nearest start at or below it; the function runs to the next start.
+A missed start only means decoding through a boundary (the `ret` ends the flow; the next
+function's blocks are orphans and are analysed from an unknown state); a false start means an
+entry state that is wrong about arguments, which only matters for wrapper detection.
+
+Imports: `call [IAT]` (FF 15 with an absolute, relocated address: ImageBase is subtracted),
+`mov reg, [IAT]` / `mov eax, [IAT]` (8B /r, A1) then `call reg`, `jmp [IAT]` thunks (FF 25)
+called with E8, and tail jumps to either.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import capstone
+import numpy as np
+
+from ..apis import POOL_APIS
+from .dataflow import Flow, Insn, State, Value, run
+from .finder import CallEvent
+from .frames import FrameLayout, drop_below, narrow, read_stack, write_stack
+
+MASK32 = 0xFFFFFFFF
+MAX_SLOTS = 10  # argument slots read at a call: enough for every API in apis.py
+VOLATILE = ("eax", "ecx", "edx")
+LAYOUT = FrameLayout(arg_base=4, slot=4, first_stack_arg=0, word_bits=32)
+EPOCH_SPAN = 1 << 24  # offsets of one epoch stay within +-16 MB of its base: no overlap
+
+# C arguments that take two stack slots on x86 (ULONG64 POOL_FLAGS), per API.
+WIDE_ARGS: dict[str, tuple[int, ...]] = {
+    "ExAllocatePool2": (0,),
+    "ExAllocatePool3": (0,),
+}
+
+# Number of C arguments of each pool API (WDK prototypes). The callee pops 4 bytes per
+# argument (8 for WIDE_ARGS): they are all NTAPI/NDIS_API/FLTAPI = __stdcall on x86.
+POOL_API_ARGC: dict[str, int] = {
+    "ExAllocatePoolWithTag": 3,
+    "ExAllocatePoolWithQuotaTag": 3,
+    "ExAllocatePoolWithTagPriority": 4,
+    "ExAllocatePool2": 3,
+    "ExAllocatePool3": 5,
+    "FsRtlAllocatePoolWithTag": 3,
+    "FsRtlAllocatePoolWithQuotaTag": 3,
+    "NdisAllocateMemoryWithTag": 3,
+    "NdisAllocateMemoryWithTagPriority": 4,
+    "FltAllocatePoolAlignedWithTag": 4,
+    "StorPortAllocatePool": 4,
+    "ExFreePoolWithTag": 2,
+    "ExFreePool2": 4,
+    "NdisFreeMemoryWithTag": 2,
+    "NdisFreeMemoryWithTagPriority": 3,
+    "FltFreePoolAlignedWithTag": 3,
+    "ExInitializeNPagedLookasideList": 7,
+    "ExInitializePagedLookasideList": 7,
+    "ExInitializeLookasideListEx": 8,
+    "IoInitializeRemoveLockEx": 5,
+    "ExAllocatePool": 2,
+    "ExAllocatePoolWithQuota": 2,
+}
+
+# Other imports whose stack effect is certain: cdecl (the caller pops: varargs and the CRT),
+# fastcall with at most two arguments (all in ecx/edx), and the compiler's 64-bit helpers.
+OTHER_IMPORT_POPS: dict[str, int] = {
+    **dict.fromkeys(
+        ("DbgPrint", "DbgPrintEx", "memcpy", "memmove", "memset", "memcmp", "strlen", "wcslen",
+         "strcmp", "wcscmp", "strncmp", "wcsncmp", "_stricmp", "_wcsicmp", "_snprintf",
+         "_snwprintf", "sprintf", "swprintf", "_vsnprintf", "_vsnwprintf"), 0),
+    **dict.fromkeys(
+        ("IofCallDriver", "IofCompleteRequest", "ObfReferenceObject", "ObfDereferenceObject",
+         "KfAcquireSpinLock", "KfReleaseSpinLock", "KfRaiseIrql", "KfLowerIrql",
+         "KefAcquireSpinLockAtDpcLevel", "KefReleaseSpinLockFromDpcLevel",
+         "KeAcquireInStackQueuedSpinLock", "KeReleaseInStackQueuedSpinLock",
+         "KeAcquireInStackQueuedSpinLockAtDpcLevel",
+         "KeReleaseInStackQueuedSpinLockFromDpcLevel", "ExAcquireFastMutex",
+         "ExReleaseFastMutex", "ExAcquireFastMutexUnsafe", "ExReleaseFastMutexUnsafe",
+         "InterlockedIncrement", "InterlockedDecrement", "InterlockedExchange",
+         "_allshl", "_allshr", "_aullshr"), 0),
+    **dict.fromkeys(("_allmul", "_alldiv", "_aulldiv", "_allrem", "_aullrem"), 16),
+}
+
+
+def import_pops(name: str) -> int | None:
+    """Bytes the import pops off the stack on return, None when not known."""
+    argc = POOL_API_ARGC.get(name)
+    if argc is not None:
+        return 4 * (argc + len(WIDE_ARGS.get(name, ())))
+    return OTHER_IMPORT_POPS.get(name)
+
+
+_FAMILIES = {
+    "eax": ("ax", "al", "ah"),
+    "ebx": ("bx", "bl", "bh"),
+    "ecx": ("cx", "cl", "ch"),
+    "edx": ("dx", "dl", "dh"),
+    "esi": ("si",),
+    "edi": ("di",),
+    "ebp": ("bp",),
+    "esp": ("sp",),
+}
+REGS: dict[str, tuple[str, int]] = {}  # register name -> (32-bit family, width in bits)
+for _family, _subs in _FAMILIES.items():
+    REGS[_family] = (_family, 32)
+    for _sub, _bits in zip(_subs, (16, 8, 8), strict=False):
+        REGS[_sub] = (_family, _bits)
+
+_PTR_WIDTH = {"byte": 1, "word": 2, "dword": 4, "qword": 8, "tbyte": 10, "xmmword": 16,
+              "ymmword": 32, "zmmword": 64}
+_MEM = re.compile(r"^(?:(\w+) ptr )?(?:(\w+):)?\[([^\]]*)\]$")
+_TERM = re.compile(r"([+-])?\s*(\w+)(?:\*(\d))?")
+
+_ALU = {
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "and": lambda a, b: a & b,
+    "or": lambda a, b: a | b,
+    "xor": lambda a, b: a ^ b,
+    "shl": lambda a, b: a << (b & 31),
+    "sal": lambda a, b: a << (b & 31),
+    "shr": lambda a, b: a >> (b & 31),
+}
+_IMPLICIT_WRITES = {
+    "mul": ("eax", "edx"), "div": ("eax", "edx"), "idiv": ("eax", "edx"),
+    "cdq": ("edx",), "cwd": ("edx",), "cwde": ("eax",), "cbw": ("eax",),
+    "cpuid": ("eax", "ebx", "ecx", "edx"), "rdtsc": ("eax", "edx"), "rdtscp": ("eax", "ecx", "edx"),
+    "rdmsr": ("eax", "edx"), "xgetbv": ("eax", "edx"), "cmpxchg": ("eax",),
+    "cmpxchg8b": ("eax", "edx"), "lodsb": ("eax", "esi"), "lodsw": ("eax", "esi"),
+    "lodsd": ("eax", "esi"), "in": ("eax",), "lahf": ("eax",),
+}
+_NO_WRITE = {"cmp", "test", "bt", "nop", "ucomiss", "ucomisd", "comiss", "comisd", "prefetch",
+             "prefetchw", "prefetcht0", "int3", "ud2", "pause", "lfence", "mfence", "sfence",
+             "clflush", "invlpg", "out", "wrmsr", "cli", "sti", "hlt", "endbr32", "cld", "std",
+             "clc", "stc", "int", "lidt", "lgdt", "sidt", "sgdt", "fnstcw", "fldcw"}
+_TERMINATORS = {"ret", "retf", "iretd", "iret", "int3", "ud2", "hlt"}
+_SP_FRAME_OPS = {"push", "pop", "add", "sub", "lea", "mov", "and", "leave", "call", "ret"}
+
+
+def make_decoder() -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    md.skipdata = False
+    return md
+
+
+def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
+    """Decode code (which starts at address) linearly to its end. Undecodable bytes are
+    skipped one at a time: they are data or padding inside the code section."""
+    out: list[Insn] = []
+    offset = 0
+    limit = len(code)
+    while offset < limit:
+        for addr, size, mnem, ops in md.disasm_lite(code[offset:], address + offset):
+            out.append(Insn(addr, size, mnem, ops))
+            offset = addr + size - address
+        if offset < limit:
+            offset += 1
+    return out
+
+
+def epoch_base(address: int) -> int:
+    """The symbolic stack offset an unknown esp is re-based to at the instruction at address."""
+    return -(address + 1) * EPOCH_SPAN
+
+
+class X86Semantics:
+    """Transfer function and call resolution for one image's 32-bit x86 code.
+
+    `callee_pops(target)` answers how many bytes a call target pops (None: unknown); the
+    backend supplies it because it needs to decode the callee."""
+
+    def __init__(self, image, callee_pops: Callable[[Value | None], int | None],
+                 thunk_api: Callable[[int], str | None]) -> None:
+        self.image = image
+        self.base = image.image_base
+        self.imports = image.imports  # IAT slot RVA -> API name (all: stack effects need them)
+        self.callee_pops = callee_pops
+        self.thunk_api = thunk_api
+
+    # --- states -----------------------------------------------------------------------------
+    @staticmethod
+    def entry_state() -> State:
+        return State({"esp": ("sp", 0)}, {}, fresh=True)
+
+    @staticmethod
+    def unknown_state() -> State:
+        return State()
+
+    # --- operands ---------------------------------------------------------------------------
+    def _esp(self, state: State, insn: Insn, establish: bool = True) -> int | None:
+        """The stack pointer's offset; an unknown esp is re-based to this instruction's epoch
+        when establish is set (see the module docstring)."""
+        sp = state.regs.get("esp")
+        if isinstance(sp, tuple) and sp[0] == "sp":
+            return sp[1]
+        if not establish:
+            return None
+        base = epoch_base(insn.address)
+        state.regs["esp"] = ("sp", base)
+        return base
+
+    def _mem(self, state: State, insn: Insn, text: str,
+             establish: bool = True) -> tuple[str, int | None, int] | None:
+        """Classify a memory operand: ('stack', offset, width), ('abs', rva, width),
+        ('other', None, width); None if text is not a memory operand."""
+        m = _MEM.match(text)
+        if not m:
+            return None
+        width = _PTR_WIDTH.get(m.group(1) or "dword", 4)
+        if m.group(2) and m.group(2) not in ("ds", "ss"):
+            return ("other", None, width)  # fs:/gs: point at the KPCR/TEB, not our frame
+        base = None
+        disp = 0
+        for sign, term, scale in _TERM.findall(m.group(3)):
+            if term in REGS:
+                if scale or base is not None:
+                    return ("other", None, width)
+                base = term
+            else:
+                try:
+                    value = int(term, 0)
+                except ValueError:
+                    return ("other", None, width)
+                disp += -value if sign == "-" else value
+        if base is None:
+            return ("abs", (disp - self.base) & MASK32, width)
+        family, bits = REGS[base]
+        if bits != 32:
+            return ("other", None, width)
+        if family == "esp":
+            sp = self._esp(state, insn, establish)
+            return ("stack", sp + disp, width) if sp is not None else ("other", None, width)
+        value = state.regs.get(family)
+        if isinstance(value, tuple) and value[0] == "sp":
+            return ("stack", value[1] + disp, width)
+        return ("other", None, width)
+
+    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
+        """The value an operand holds, or None when unknown. establish=False leaves an unknown
+        esp unknown (for callers that must not change the state)."""
+        reg = REGS.get(text)
+        if reg is not None:
+            family, bits = reg
+            if text in ("ah", "bh", "ch", "dh"):
+                value = state.regs.get(family)
+                return (value >> 8) & 0xFF if isinstance(value, int) else None
+            return narrow(state.regs.get(family), bits, 32)
+        if text[:1].isdigit() or text[:1] == "-":
+            try:
+                return int(text, 0) & MASK32
+            except ValueError:
+                return None
+        mem = self._mem(state, insn, text, establish)
+        if mem is None:
+            return None
+        kind, where, width = mem
+        if kind == "stack":
+            return read_stack(state, LAYOUT, where, width)
+        if kind == "abs":
+            if width == 4 and where in self.imports:
+                return ("imp", self.imports[where])
+            if width in (1, 2, 4) and self.image.is_readonly_data(where):
+                raw = self.image.read(where, width)
+                if len(raw) == width:
+                    return int.from_bytes(raw, "little")
+        return None
+
+    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
+        reg = REGS.get(text)
+        if reg is not None:
+            family, bits = reg
+            if bits == 32:
+                if value is None:
+                    state.regs.pop(family, None)
+                else:
+                    state.regs[family] = value & MASK32 if isinstance(value, int) else value
+            else:
+                state.regs.pop(family, None)  # partial write: the whole register is unknown
+            return
+        mem = self._mem(state, insn, text)
+        if mem is not None and mem[0] == "stack":
+            write_stack(state, LAYOUT, mem[1], mem[2], value)
+
+    def _address(self, state: State, insn: Insn, text: str) -> Value | None:
+        mem = self._mem(state, insn, text)
+        if mem is None:
+            return None
+        kind, where, _ = mem
+        if kind == "stack":
+            return ("sp", where)
+        if kind == "abs":
+            return (where + self.base) & MASK32  # lea of an absolute address gives the VA
+        return None
+
+    # --- transfer ---------------------------------------------------------------------------
+    def transfer(self, state: State, insn: Insn) -> None:
+        mnem = insn.mnemonic
+        ops = _operands(insn.op_str)
+        if mnem == "mov" and len(ops) == 2:
+            self.write(state, insn, ops[0], self.read(state, insn, ops[1]))
+        elif mnem == "lea" and len(ops) == 2:
+            self.write(state, insn, ops[0], self._address(state, insn, ops[1]))
+        elif mnem in ("movzx", "movsx") and len(ops) == 2:
+            value = self.read(state, insn, ops[1])
+            self.write(state, insn, ops[0], value if isinstance(value, int) and mnem == "movzx"
+                       else None)
+        elif mnem == "xor" and len(ops) == 2 and ops[0] == ops[1] and ops[0] in REGS:
+            self.write(state, insn, ops[0], 0)
+        elif mnem in _ALU and len(ops) == 2:
+            self._alu(state, insn, mnem, ops)
+        elif mnem in ("inc", "dec") and len(ops) == 1:
+            value = self.read(state, insn, ops[0])
+            delta = 1 if mnem == "inc" else -1
+            self.write(state, insn, ops[0],
+                       (value + delta) & MASK32 if isinstance(value, int) else None)
+        elif mnem == "push" and ops:
+            value = self.read(state, insn, ops[0])
+            width = 2 if ops[0] in REGS and REGS[ops[0]][1] == 16 else 4
+            sp = self._esp(state, insn) - width
+            state.regs["esp"] = ("sp", sp)
+            write_stack(state, LAYOUT, sp, width, value)
+        elif mnem == "pop" and ops:
+            sp = self._esp(state, insn)
+            value = read_stack(state, LAYOUT, sp, 4)
+            state.regs["esp"] = ("sp", sp + 4)
+            self.write(state, insn, ops[0], value)
+        elif mnem in ("pushal", "pushad", "pushfd", "pushf"):
+            size = 32 if mnem.startswith("pusha") else 4
+            sp = self._esp(state, insn) - size
+            state.regs["esp"] = ("sp", sp)
+            write_stack(state, LAYOUT, sp, size, None)
+        elif mnem in ("popal", "popad", "popfd", "popf"):
+            size = 32 if mnem.startswith("popa") else 4
+            state.regs["esp"] = ("sp", self._esp(state, insn) + size)
+            if size == 32:
+                for reg in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"):
+                    state.regs.pop(reg, None)
+        elif mnem == "xchg" and len(ops) == 2:
+            a, b = self.read(state, insn, ops[0]), self.read(state, insn, ops[1])
+            self.write(state, insn, ops[0], b)
+            self.write(state, insn, ops[1], a)
+        elif mnem == "call":
+            self._call(state, insn)
+        elif mnem == "leave":
+            ebp = state.regs.get("ebp")
+            if isinstance(ebp, tuple) and ebp[0] == "sp":
+                value = read_stack(state, LAYOUT, ebp[1], 4)
+                state.regs["esp"] = ("sp", ebp[1] + 4)
+                self.write(state, insn, "ebp", value)
+            else:
+                state.regs.pop("esp", None)
+                state.regs.pop("ebp", None)
+        else:
+            self._generic(state, insn, mnem, ops)
+
+    def _alu(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
+        a = self.read(state, insn, ops[0])
+        b = self.read(state, insn, ops[1])
+        if isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) and mnem in ("add", "sub"):
+            delta = _signed32(b if mnem == "add" else -b)
+            self.write(state, insn, ops[0], ("sp", a[1] + delta))
+            return
+        if mnem == "and" and b == 0:
+            self.write(state, insn, ops[0], 0)
+        elif isinstance(a, int) and isinstance(b, int):
+            self.write(state, insn, ops[0], _ALU[mnem](a, b) & MASK32)
+        else:
+            self.write(state, insn, ops[0], None)
+
+    def _call(self, state: State, insn: Insn) -> None:
+        sp = self._esp(state, insn, establish=False)
+        pops = self.callee_pops(self.call_target(state, insn))
+        for reg in VOLATILE:
+            state.regs.pop(reg, None)
+        if sp is None:
+            return
+        if pops is None:
+            drop_below(state, sp)
+            state.regs.pop("esp", None)  # re-based at its next use
+        else:
+            drop_below(state, sp + pops)
+            state.regs["esp"] = ("sp", sp + pops)
+
+    def _generic(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
+        base = mnem.split()[-1]  # "rep stosd" -> "stosd"
+        for reg in _IMPLICIT_WRITES.get(base, ()):
+            state.regs.pop(reg, None)
+        if base == "imul" and len(ops) == 1:
+            state.regs.pop("eax", None)
+            state.regs.pop("edx", None)
+            return
+        if mnem.startswith("rep") or base.startswith(("stos", "movs", "scas", "cmps")):
+            for reg in ("ecx", "edi", "esi"):
+                state.regs.pop(reg, None)
+            if base.startswith(("stos", "movs")):
+                state.stack.clear()  # a block write through edi may cover our frame
+            return
+        if base in _NO_WRITE or base.startswith(("j", "loop", "set")) and base != "jmp":
+            if base.startswith("set") and ops:
+                self.write(state, insn, ops[0], None)
+            return
+        if base.startswith("cmov") and ops:
+            self.write(state, insn, ops[0], None)
+            return
+        if ops:
+            self.write(state, insn, ops[0], None)
+            if base in ("xadd", "cmpxchg") and len(ops) == 2:
+                self.write(state, insn, ops[1], None)
+
+    # --- control flow -----------------------------------------------------------------------
+    @staticmethod
+    def flow(insn: Insn) -> Flow:
+        mnem = insn.mnemonic
+        if mnem in _TERMINATORS:
+            return Flow((), False)
+        if mnem == "jmp":
+            target = _direct_target(insn.op_str)
+            return Flow((target,) if target is not None else (), False)
+        if mnem.startswith(("j", "loop")):
+            target = _direct_target(insn.op_str)
+            return Flow((target,) if target is not None else (), True)
+        return Flow()
+
+    def call_target(self, state: State, insn: Insn) -> Value | None:
+        """Where a call or jmp goes: ('imp', api) for an import, an int RVA for local code,
+        None when unknown. Does not change state."""
+        text = insn.op_str
+        direct = _direct_target(text)
+        if direct is not None:
+            return direct
+        reg = REGS.get(text)
+        if reg is not None:
+            value = state.regs.get(reg[0]) if reg[1] == 32 else None
+        else:
+            mem = self._mem(state, insn, text, establish=False)
+            if mem is None:
+                return None
+            kind, where, width = mem
+            if kind == "abs" and where in self.imports:
+                return ("imp", self.imports[where])
+            value = self.read(state, insn, text, establish=False)
+        if isinstance(value, int):
+            # A code address held in a register or a read-only table is a VA.
+            rva = value - self.base
+            return rva if 0 <= rva < self.image.size_of_image else None
+        return value
+
+    def api_name(self, target: Value | None) -> str | None:
+        if isinstance(target, tuple) and target[0] == "imp":
+            return target[1]
+        if isinstance(target, int):
+            return self.thunk_api(target)
+        return None
+
+    def call_args(self, state: State, insn: Insn, target: Value | None,
+                  tail: bool) -> list[Value | None]:
+        """Argument values at a call (tail=True: at a jmp that leaves the function, where the
+        arguments sit above the return address). Local callees get one value per stack slot;
+        imports get one per C argument (a ULONG64 spans two slots: low dword first)."""
+        sp = self._esp(state, insn, establish=False)
+        if sp is None:
+            return [None] * MAX_SLOTS
+        base = sp + (4 if tail else 0)
+        slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
+        wide = WIDE_ARGS.get(self.api_name(target) or "", ())
+        if not wide:
+            return slots
+        args: list[Value | None] = []
+        k = 0
+        while k < len(slots):
+            if len(args) in wide:
+                low, high = slots[k], slots[k + 1] if k + 1 < len(slots) else None
+                if isinstance(low, int) and isinstance(high, int):
+                    low = low | (high << 32)
+                args.append(low)  # POOL_FLAGS bits all sit in the low dword
+                k += 2
+            else:
+                args.append(slots[k])
+                k += 1
+        return args
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _operands(op_str: str) -> list[str]:
+    return [part.strip() for part in op_str.split(", ")] if op_str else []
+
+
+def _direct_target(op_str: str) -> int | None:
+    if op_str.startswith("0x") or op_str.isdigit():
+        try:
+            return int(op_str, 0)
+        except ValueError:
+            return None
+    return None
+
+
+def _signed32(value: int) -> int:
+    value &= MASK32
+    return value - (1 << 32) if value >> 31 else value
+
+
+def writes_esp_oddly(insn: Insn) -> bool:
+    """True for an instruction that moves esp other than by frame code we can follow
+    (`xchg eax, esp` in __chkstk, `mov esp, eax`): the function's stack effect is unknown."""
+    ops = _operands(insn.op_str)
+    if not ops or "esp" not in ops[0] and not (len(ops) > 1 and ops[1] == "esp"):
+        return False
+    if insn.mnemonic == "xchg":
+        return "esp" in ops
+    if ops[0] != "esp":
+        return False
+    if insn.mnemonic in ("add", "sub", "and") and len(ops) == 2 and ops[1][:1].isdigit():
+        return False
+    if insn.mnemonic == "mov" and len(ops) == 2 and ops[1] == "ebp":
+        return False
+    if insn.mnemonic == "lea" and len(ops) == 2 and ("ebp" in ops[1] or "esp" in ops[1]):
+        return False
+    return insn.mnemonic not in ("push", "pop")
+
+
+# --- backend: candidates by byte patterns, then per-function analysis -------------------------
+REGION_CAP = 0x4000  # longest function we decode from a start (no .pdata bounds it)
+_CHUNK = 1 << 22
+_PROLOGUES = (b"\x55\x8b\xec", b"\x55\x89\xe5")
+_IMPLAUSIBLE_STARTS = (b"\x00\x00", b"\xff\xff", b"\xcc", b"\x0f\x0b")
+
+
+class X86Backend:
+    """Finds candidate functions with numpy over the code sections (absolute references to
+    pool-API IAT slots, rel32 calls to local thunks) and analyses one function at a time."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+        self.base = image.image_base
+        self.api_slots = {slot: name for slot, name in image.imports.items() if name in POOL_APIS}
+        self.md = make_decoder()
+        self.semantics = X86Semantics(image, self.callee_pops, self.thunk_api)
+        self.regions: dict[int, tuple[int, bool]] = {}  # start -> (end, fresh)
+        self._local_apis = {rva: name for rva, name in image.exports.items() if name in POOL_APIS}
+        self._thunks: dict[int, str] = {}  # every `jmp [IAT]` stub -> import name
+        self._abs_hits: list[int] = []
+        self._call_src = np.zeros(0, dtype=np.int64)
+        self._call_dst = np.zeros(0, dtype=np.int64)
+        self._e8_src = np.zeros(0, dtype=np.int64)
+        self._e8_dst = np.zeros(0, dtype=np.int64)
+        self._pops: dict[int, int | None] = {}
+        self._scan_code()
+        self.starts = self._function_starts()
+
+    # --- byte-pattern pass ------------------------------------------------------------------
+    def _scan_code(self) -> None:
+        sections = self.image.code_sections
+        if not sections:
+            return
+        slot_vas = np.array(sorted(s + self.base for s in self.image.imports), dtype=np.int64)
+        pool_vas = np.array(sorted(s + self.base for s in self.api_slots), dtype=np.int64)
+        code_lo = min(s.rva for s in sections)
+        code_hi = max(s.rva + s.size for s in sections)
+        srcs, dsts, kinds = [], [], []
+        for section in sections:
+            data = section.data
+            raw = np.frombuffer(data, dtype=np.uint8)
+            for start in range(0, max(0, len(data) - 4) + 1, _CHUNK):
+                stop = min(len(data) - 3, start + _CHUNK)
+                if stop <= start:
+                    break
+                word = np.ndarray((stop - start,), dtype="<u4", buffer=data, offset=start,
+                                  strides=(1,)).astype(np.int64)
+                q = np.arange(start, stop, dtype=np.int64)
+                # Absolute references to IAT slots: any opcode (FF 15, FF 25, 8B 05.., A1).
+                if len(slot_vas):
+                    near = np.flatnonzero((word >= slot_vas[0]) & (word <= slot_vas[-1]))
+                    hits = near[np.isin(word[near], slot_vas)]
+                    for i in hits.tolist():
+                        self._abs_hit(section, raw, start + i, int(word[i]), pool_vas)
+                # rel32 calls and jumps into the code sections.
+                target = (word ^ 0x80000000) - 0x80000000 + q + (section.rva + 4)
+                opcode_at = q - 1
+                ok = opcode_at >= 0
+                op = np.zeros(len(q), dtype=np.uint8)
+                op[ok] = raw[opcode_at[ok]]
+                is_rel = (op == 0xE8) | (op == 0xE9)
+                inside = is_rel & (target >= code_lo) & (target < code_hi)
+                idx = np.flatnonzero(inside)
+                srcs.append(opcode_at[idx] + section.rva)
+                dsts.append(target[idx])
+                kinds.append(op[idx] == 0xE8)
+        if srcs:
+            src, dst, is_call = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds)
+            order = np.argsort(dst, kind="stable")
+            self._call_src, self._call_dst = src[order], dst[order]
+            self._e8_src, self._e8_dst = src[order][is_call[order]], dst[order][is_call[order]]
+
+    def _abs_hit(self, section, raw: np.ndarray, disp_offset: int, va: int,
+                 pool_vas: np.ndarray) -> None:
+        slot = va - self.base
+        rva = section.rva + disp_offset
+        if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
+            name = self.image.imports[slot]
+            self._thunks[rva - 2] = name
+            if slot in self.api_slots:
+                self._local_apis.setdefault(rva - 2, name)
+            return
+        if slot in self.api_slots:
+            self._abs_hits.append(rva)
+
+    # --- function starts --------------------------------------------------------------------
+    def _function_starts(self) -> np.ndarray:
+        image = self.image
+        starts = {image.entry_point, *image.exports, *self._thunks}
+        dst, counts = np.unique(self._e8_dst, return_counts=True)
+        for target, count in zip(dst.tolist(), counts.tolist(), strict=True):
+            if target in starts:
+                continue
+            if (count >= 2 or self._after_boundary(target) or target % 16 == 0) \
+                    and self._plausible_code(target):
+                starts.add(target)
+        for section in image.code_sections:
+            for pattern in _PROLOGUES:
+                for rva in _find_all(section.data, pattern, section.rva):
+                    if image.read(rva - 2, 2) == b"\x8b\xff" and self._after_boundary(rva - 2):
+                        starts.add(rva - 2)
+                    elif self._after_boundary(rva):
+                        starts.add(rva)
+        code = [s for s in image.code_sections]
+        ok = [r for r in starts if any(s.contains(r) for s in code)]
+        return np.array(sorted(ok), dtype=np.int64)
+
+    def _after_boundary(self, rva: int) -> bool:
+        """rva follows padding, a ret or a jmp, or starts its section."""
+        section = self.image.section_at(rva)
+        if section is None:
+            return False
+        if rva == section.rva:
+            return True
+        before = self.image.read(max(section.rva, rva - 5), min(5, rva - section.rva))
+        if before[-1:] in (b"\xcc", b"\x90", b"\xc3"):
+            return True
+        if len(before) >= 3 and before[-3] == 0xC2:  # ret imm16
+            return True
+        return len(before) >= 5 and before[0] == 0xE9  # jmp rel32
+
+    def _plausible_code(self, rva: int) -> bool:
+        head = self.image.read(rva, 16)
+        if len(head) < 2 or head.startswith(_IMPLAUSIBLE_STARTS):
+            return False
+        n = 0
+        for _addr, _size, mnem, _ops in self.md.disasm_lite(head, rva, 3):
+            n += 1
+            if mnem in ("hlt", "in", "out", "insb", "insd", "outsb", "outsd", "arpl", "bound",
+                        "into", "aaa", "aas", "daa", "das"):
+                return False
+        return n >= 2 or (n == 1 and head[0] in (0xC3, 0xC2, 0xE9, 0xFF))
+
+    # --- stack effects of callees -----------------------------------------------------------
+    def thunk_api(self, rva: int) -> str | None:
+        return self._thunks.get(rva)
+
+    def callee_pops(self, target: Value | None) -> int | None:
+        if isinstance(target, tuple) and target[0] == "imp":
+            return import_pops(target[1])
+        if isinstance(target, int):
+            if target not in self._pops:
+                self._pops[target] = None  # a recursive call sees "unknown"
+                self._pops[target] = self._local_pops(target)
+            return self._pops[target]
+        return None
+
+    def _local_pops(self, rva: int, hops: int = 3) -> int | None:
+        name = self._thunks.get(rva)
+        if name is not None:
+            return import_pops(name)
+        end = self._next_start(rva)
+        insns = decode(self.md, self.image.read(rva, min(end, rva + REGION_CAP) - rva), rva)
+        if not insns:
+            return None
+        first = insns[0]
+        if first.mnemonic == "jmp":  # incremental-linking stub or tail-jump-only function
+            direct = _direct_target(first.op_str)
+            if direct is not None and hops:
+                return self._local_pops(direct, hops - 1)
+            return self.callee_pops(self.semantics.call_target(State(), first))
+        index_of = {insn.address: i for i, insn in enumerate(insns)}
+        seen, todo, pops = {0}, [0], set()
+        while todo:
+            i = todo.pop()
+            insn = insns[i]
+            if writes_esp_oddly(insn):
+                return None
+            if insn.mnemonic == "ret":
+                pops.add(int(insn.op_str, 0) if insn.op_str else 0)
+            flow = X86Semantics.flow(insn)
+            nxt = [index_of[t] for t in flow.targets if t in index_of]
+            if flow.falls_through and i + 1 < len(insns) and insns[i + 1].address == insn.next:
+                nxt.append(i + 1)
+            for j in nxt:
+                if j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+        return pops.pop() if len(pops) == 1 else None
+
+    def _next_start(self, rva: int) -> int:
+        i = int(np.searchsorted(self.starts, rva, side="right"))
+        section = self.image.section_at(rva)
+        end = section.rva + section.size if section else rva
+        if i < len(self.starts):
+            end = min(end, int(self.starts[i]))
+        return end
+
+    # --- Backend protocol -------------------------------------------------------------------
+    def local_apis(self) -> dict[int, str]:
+        return dict(self._local_apis)
+
+    def candidate_functions(self) -> list[int]:
+        rvas = list(self._abs_hits)
+        thunks = np.array(sorted(self._local_apis), dtype=np.int64)
+        if len(thunks):
+            rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
+        out = []
+        for rva in rvas:
+            if rva in self._local_apis:
+                continue
+            function = self.function_of(rva)
+            if function is not None:
+                out.append(function)
+        return out
+
+    def callers_of(self, target: int) -> list[int]:
+        lo = np.searchsorted(self._call_dst, target, side="left")
+        hi = np.searchsorted(self._call_dst, target, side="right")
+        return self._call_src[lo:hi].tolist()
+
+    def function_of(self, rva: int) -> int | None:
+        section = self.image.section_at(rva)
+        if section is None or not section.executable:
+            return None
+        i = int(np.searchsorted(self.starts, rva, side="right")) - 1
+        start = int(self.starts[i]) if i >= 0 else section.rva
+        fresh = i >= 0 and section.contains(start)
+        if not fresh:
+            start = section.rva
+        if rva - start > REGION_CAP:
+            start, fresh = rva - REGION_CAP, False
+        end = min(self._next_start(rva), rva + REGION_CAP)
+        self.regions.setdefault(start, (max(end, rva + 1), fresh))
+        return start
+
+    def analyse(self, function: int) -> list[CallEvent]:
+        end, fresh = self.regions[function]
+        code = self.image.read(function, end - function)
+        insns = decode(self.md, code, function)
+        sem = self.semantics
+        events: list[CallEvent] = []
+        lo, hi = function, function + len(code)
+
+        def observe(state: State, insn: Insn) -> None:
+            mnem = insn.mnemonic
+            if mnem == "jmp":
+                direct = _direct_target(insn.op_str)
+                if direct is not None and lo <= direct < hi:
+                    return  # a branch inside the function
+            elif mnem != "call":
+                return
+            target = sem.call_target(state, insn)
+            if target is None:
+                return
+            args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
+            events.append(CallEvent(insn.address, function, target, tuple(args)))
+
+        entry = sem.entry_state() if fresh else sem.unknown_state()
+        # A block no edge reaches is a switch case (jump table) or a function we did not find:
+        # either way nothing is known there, but pushes before a call still resolve (epochs).
+        converged = run(insns, entry, sem.transfer, sem.flow, sem.unknown_state, observe)
+        if not converged:
+            events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
+                      for e in events]
+        return events
+
+
+def _find_all(data: bytes, pattern: bytes, base: int) -> list[int]:
+    out = []
+    i = data.find(pattern)
+    while i >= 0:
+        out.append(base + i)
+        i = data.find(pattern, i + 1)
+    return out
