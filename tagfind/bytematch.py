@@ -1,0 +1,81 @@
+"""What findstr would see: files in which a tag's 4 bytes appear anywhere.
+
+This is the weakest evidence (strings, resources and unrelated code match too), computed at
+query time only for the drivers that have no code evidence for the tag, and always shown as
+"bytes" so it is never mistaken for a proven allocation.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .tags import tag_bytes
+
+
+@dataclass(frozen=True)
+class ByteMatch:
+    path: str
+    tag: int
+    offset: int  # file offset of the first occurrence
+    count: int  # occurrences, capped at MAX_COUNT
+    in_code: bool  # the first occurrence lies in an executable section
+
+
+MAX_COUNT = 100
+
+
+def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMatch]:
+    """Every (path, tag) where the tag's bytes occur in the file. Unreadable files are skipped:
+    byte matches are a hint, not a result that must be complete."""
+    needles = {tag: tag_bytes(tag) for tag in tags}
+    if not needles:
+        return []
+    out: list[ByteMatch] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size == 0:
+                    continue
+                with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                    for tag, needle in needles.items():
+                        first = view.find(needle)
+                        if first < 0:
+                            continue
+                        count, pos = 1, first
+                        while count < MAX_COUNT:
+                            pos = view.find(needle, pos + 1)
+                            if pos < 0:
+                                break
+                            count += 1
+                        out.append(ByteMatch(path, tag, first, count, _in_code(view, first)))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _in_code(view: mmap.mmap, offset: int) -> bool:
+    """Whether a file offset falls in an executable section, read from the section table
+    directly (a few header bytes; no full PE parse at query time)."""
+    try:
+        if view[:2] != b"MZ":
+            return False
+        pe = int.from_bytes(view[0x3C:0x40], "little")
+        if view[pe : pe + 4] != b"PE\0\0":
+            return False
+        count = int.from_bytes(view[pe + 6 : pe + 8], "little")
+        opt_size = int.from_bytes(view[pe + 20 : pe + 22], "little")
+        table = pe + 24 + opt_size
+        for i in range(min(count, 96)):
+            entry = table + 40 * i
+            raw_size = int.from_bytes(view[entry + 16 : entry + 20], "little")
+            raw_ptr = int.from_bytes(view[entry + 20 : entry + 24], "little")
+            flags = int.from_bytes(view[entry + 36 : entry + 40], "little")
+            if raw_ptr <= offset < raw_ptr + raw_size:
+                return bool(flags & 0x20000000)
+    except (IndexError, ValueError):
+        return False
+    return False

@@ -1,0 +1,242 @@
+"""Joins code evidence (index site rows), byte matches and pooltag.txt into rows, and renders
+rows as a table, JSON or CSV. No scanning and no I/O besides writing the rendering.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import ntpath
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .apis import EVIDENCE_RANK, POOL_APIS, pool_name, pool_paging
+from .bytematch import ByteMatch
+from .pooltag import PoolTagDb, binary_file_names
+from .tags import tag_to_str
+
+# Tags the kernel uses on behalf of many drivers, or that many drivers borrow: ownership is
+# shared and a single driver must not be presented as "the" owner.
+GENERIC_TAGS = frozenset(
+    {"None", "Ddk ", "File", "Proc", "Strg", "Irp ", "Mdl ", "Even", "Mutx", "Sema", "Key ",
+     "Toke", "Thre", "Io  ", "Vad ", "ObNm", "Se  "}
+)
+MANY_DRIVERS = 5
+
+
+@dataclass
+class SiteView:
+    """One site as shown under -v and in JSON."""
+
+    rva: int
+    api: str
+    evidence: str
+    pool: str | None
+    size: int | None
+    protected: bool
+    via: list[int]
+    function: int | None
+
+
+@dataclass
+class TagDriverRow:
+    """One (tag, driver) pair with the evidence for it."""
+
+    tag: str
+    tag_value: int
+    driver: str
+    path: str
+    arch: str | None
+    evidence: str
+    sites: list[SiteView] = field(default_factory=list)
+    pool: str = "-"  # paged | nonpaged | paged+nonpaged | -
+    pooltag_owner: str | None = None
+    pooltag_description: str | None = None
+    notes: list[str] = field(default_factory=list)
+    byte_offset: int | None = None
+
+
+def driver_name(path: str) -> str:
+    return ntpath.basename(path) if "\\" in path else os.path.basename(path)
+
+
+def _site_view(site: Any) -> SiteView:
+    api = POOL_APIS.get(site.api)
+    is_flags = api.pool_is_flags if api else False
+    return SiteView(site.rva, site.api, site.evidence, pool_name(site.pool, is_flags), site.size,
+                    bool(site.protected), list(site.via), site.function)
+
+
+def _paging_summary(sites: Iterable[Any]) -> str:
+    kinds = set()
+    for site in sites:
+        api = POOL_APIS.get(site.api)
+        if api is None or api.kind not in ("alloc", "lookaside", "untagged"):
+            continue
+        paging = pool_paging(site.pool, api.pool_is_flags)
+        if paging:
+            kinds.add(paging)
+    if not kinds:
+        return "-"
+    return "+".join(sorted(kinds, key=lambda k: k != "paged"))
+
+
+def _pooltag_facts(db: PoolTagDb | None, tag: str) -> tuple[str | None, str | None, set[str]]:
+    """(owner text, description, owner file names) from pooltag.txt for one tag."""
+    if db is None:
+        return None, None, set()
+    entries = db.lookup(tag)
+    if not entries:
+        return None, None, set()
+    owners = list(dict.fromkeys(e.binary_field or "<unknown>" for e in entries))
+    descriptions = [e.description for e in entries if e.description]
+    files = {name for e in entries for name in binary_file_names(e)}
+    return ", ".join(owners), (descriptions[0] if descriptions else None), files
+
+
+def tag_rows(
+    sites: Iterable[Any],
+    byte_matches: Iterable[ByteMatch] = (),
+    db: PoolTagDb | None = None,
+) -> list[TagDriverRow]:
+    """Rows per (tag, driver): code evidence first (strongest evidence first), then drivers
+    that only contain the tag's bytes. Sites whose tag is unknown are left out."""
+    grouped: dict[tuple[int, str], list[Any]] = defaultdict(list)
+    for site in sites:
+        if site.tag is not None:
+            grouped[(site.tag, site.path)].append(site)
+    rows: list[TagDriverRow] = []
+    for (tag, path), group in grouped.items():
+        group.sort(key=lambda s: (EVIDENCE_RANK.get(s.evidence, 99), s.rva))
+        rows.append(
+            TagDriverRow(
+                tag=tag_to_str(tag), tag_value=tag, driver=driver_name(path), path=path,
+                arch=group[0].arch, evidence=group[0].evidence,
+                sites=[_site_view(s) for s in group], pool=_paging_summary(group),
+            )
+        )
+    with_code = {(r.tag_value, r.path) for r in rows}
+    for match in byte_matches:
+        if (match.tag, match.path) in with_code:
+            continue
+        rows.append(
+            TagDriverRow(
+                tag=tag_to_str(match.tag), tag_value=match.tag, driver=driver_name(match.path),
+                path=match.path, arch=None, evidence="bytes", byte_offset=match.offset,
+                notes=[f"bytes only ({match.count}{'+' if match.count >= 100 else ''} hits, "
+                       f"first at file offset 0x{match.offset:x}"
+                       f"{' in code' if match.in_code else ''}): not a proven allocation"],
+            )
+        )
+    _annotate(rows, db)
+    rows.sort(key=lambda r: (r.tag, EVIDENCE_RANK.get(r.evidence, 99), -len(r.sites), r.driver))
+    return rows
+
+
+def _annotate(rows: list[TagDriverRow], db: PoolTagDb | None) -> None:
+    by_tag: dict[str, list[TagDriverRow]] = defaultdict(list)
+    for row in rows:
+        by_tag[row.tag].append(row)
+    for tag, group in by_tag.items():
+        owner, description, files = _pooltag_facts(db, tag)
+        code_drivers = {r.driver.lower() for r in group if r.evidence != "bytes"}
+        for row in group:
+            row.pooltag_owner, row.pooltag_description = owner, description
+            if row.evidence == "bytes":
+                continue
+            generic = tag in GENERIC_TAGS or len(code_drivers) > MANY_DRIVERS
+            if files and row.driver.lower() not in files and not generic:
+                row.notes.append(f"pooltag.txt names {owner}, the code evidence names "
+                                 f"{row.driver}: both shown")
+            if generic:
+                row.notes.append(f"{tag!r} is used by many drivers: shared, not one owner")
+
+
+def unknown_site_counts(sites: Iterable[Any]) -> dict[str, int]:
+    """Per driver path: calls to pool APIs whose tag could not be proven."""
+    counts: dict[str, int] = defaultdict(int)
+    for site in sites:
+        if site.tag is None:
+            counts[site.path] += 1
+    return dict(counts)
+
+
+# --- rendering --------------------------------------------------------------------------------
+TABLE_COLUMNS = ("Tag", "Driver", "Evidence", "Sites", "Pool", "pooltag.txt", "Path")
+
+
+def _table_cells(row: TagDriverRow) -> list[str]:
+    owner = row.pooltag_owner or "-"
+    if row.pooltag_description:
+        owner = f"{owner} - {row.pooltag_description}"
+    return [row.tag, row.driver, row.evidence, str(len(row.sites)) if row.sites else "-",
+            row.pool, owner, row.path]
+
+
+def render_table(rows: Sequence[TagDriverRow], verbose: bool = False) -> str:
+    cells = [list(TABLE_COLUMNS)] + [_table_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS) - 1)]
+    lines = []
+    for index, line in enumerate(cells):
+        text = "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=False))
+        lines.append(f"{text}  {line[-1]}".rstrip())
+        if index == 0:
+            continue
+        row = rows[index - 1]
+        for note in row.notes:
+            lines.append(f"      note: {note}")
+        if verbose:
+            for site in row.sites:
+                lines.append("      " + _site_line(site, row.arch))
+    return "\n".join(lines)
+
+
+def _site_line(site: SiteView, arch: str | None) -> str:
+    parts = [f"rva 0x{site.rva:x}", site.api, site.evidence]
+    if site.via:
+        parts.append("via " + " -> ".join(f"0x{v:x}" for v in site.via))
+    parts.append(f"pool {site.pool or '?'}")
+    parts.append(f"size {site.size if site.size is not None else '?'}")
+    if site.protected:
+        parts.append("PROTECTED")
+    if arch:
+        parts.append(arch)
+    return "  ".join(parts)
+
+
+def _json_row(row: TagDriverRow) -> dict[str, Any]:
+    data = asdict(row)
+    for site in data["sites"]:
+        site["rva"] = f"0x{site['rva']:x}"
+        site["via"] = [f"0x{v:x}" for v in site["via"]]
+        if site["function"] is not None:
+            site["function"] = f"0x{site['function']:x}"
+    data["tag_value"] = f"0x{row.tag_value:08x}"
+    return data
+
+
+def render_json(rows: Sequence[TagDriverRow], extra: dict[str, Any] | None = None) -> str:
+    payload: dict[str, Any] = {"rows": [_json_row(r) for r in rows]}
+    if extra:
+        payload.update(extra)
+    return json.dumps(payload, indent=2)
+
+
+CSV_COLUMNS = ("tag", "tag_value", "driver", "path", "arch", "evidence", "sites", "pool",
+               "pooltag_owner", "pooltag_description", "notes", "site_rvas")
+
+
+def render_csv(rows: Sequence[TagDriverRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([r.tag, f"0x{r.tag_value:08x}", r.driver, r.path, r.arch or "",
+                         r.evidence, len(r.sites), r.pool, r.pooltag_owner or "",
+                         r.pooltag_description or "", "; ".join(r.notes),
+                         " ".join(f"0x{s.rva:x}" for s in r.sites)])
+    return out.getvalue()

@@ -1,0 +1,231 @@
+"""`--top N`: pool counters joined with the index, each tag with the driver(s) behind it,
+ranked by how well their code agrees with the counters. Ranking is pure logic (rank_drivers);
+run_top is the glue the CLI calls.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .apis import EVIDENCE_RANK, POOL_APIS, pool_paging
+from .report import driver_name
+from .tags import str_to_tag
+
+# Points per evidence kind: a direct call with the tag is the best proof of ownership.
+EVIDENCE_POINTS = {"call": 40, "wrapper": 35, "lookaside": 30, "untagged": 30, "free": 15,
+                   "tagged-api": 10}
+POOL_AGREES, POOL_DISAGREES, SIZE_FITS = 20, -15, 15
+POOL_HEADER = 16  # bytes Windows adds before each small block (x64)
+
+
+@dataclass
+class DriverCandidate:
+    driver: str
+    path: str
+    evidence: str
+    score: int
+    sites: int
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TopRow:
+    tag: str
+    pool: str
+    allocs: int | None
+    frees: int | None
+    diff: int
+    bytes: int
+    per_alloc: int | None
+    drivers: list[DriverCandidate] = field(default_factory=list)
+    pooltag_owner: str | None = None
+    delta_diff: int | None = None  # set with --diff
+    delta_bytes: int | None = None
+    suspect: bool | None = None
+
+
+def size_fits(size: int, per_alloc: int) -> bool:
+    """Whether an allocation of `size` bytes can show as `per_alloc` in the counters: the
+    counted block holds the request, rounded up to 16 bytes, plus at most a header."""
+    rounded = (size + 15) // 16 * 16
+    return size <= per_alloc <= rounded + POOL_HEADER
+
+
+def rank_drivers(pool: str, per_alloc: int | None, sites: Iterable[Any]) -> list[DriverCandidate]:
+    """Drivers whose code uses the tag, best match for this counter row first."""
+    by_path: dict[str, list[Any]] = defaultdict(list)
+    for site in sites:
+        by_path[site.path].append(site)
+    out = []
+    for path, group in by_path.items():
+        group.sort(key=lambda s: EVIDENCE_RANK.get(s.evidence, 99))
+        best = group[0].evidence
+        score = EVIDENCE_POINTS.get(best, 0)
+        reasons = [f"{best} evidence at 0x{group[0].rva:x} (+{score})"]
+        pagings = set()
+        for site in group:
+            api = POOL_APIS.get(site.api)
+            if api is not None and api.kind in ("alloc", "lookaside", "untagged"):
+                paging = pool_paging(site.pool, api.pool_is_flags)
+                if paging:
+                    pagings.add(paging)
+        if pool in pagings:
+            score += POOL_AGREES
+            reasons.append(f"allocates {pool} pool, as this row counts (+{POOL_AGREES})")
+        elif pagings:
+            score += POOL_DISAGREES
+            reasons.append(f"its sites allocate {'/'.join(sorted(pagings))} pool, this row is "
+                           f"{pool} ({POOL_DISAGREES})")
+        if per_alloc:
+            fitting = [s for s in group if s.size and size_fits(s.size, per_alloc)]
+            if fitting:
+                score += SIZE_FITS
+                reasons.append(f"size {fitting[0].size} at 0x{fitting[0].rva:x} fits Per Alloc "
+                               f"{per_alloc} (+{SIZE_FITS})")
+        out.append(DriverCandidate(driver_name(path), path, best, score, len(group), reasons))
+    out.sort(key=lambda c: (-c.score, EVIDENCE_RANK.get(c.evidence, 99), c.driver))
+    return out
+
+
+SORT_KEYS = {
+    "bytes": lambda r: -(r.delta_bytes if r.delta_bytes is not None else r.bytes),
+    "diff": lambda r: -(r.delta_diff if r.delta_diff is not None else r.diff),
+    "allocs": lambda r: -(r.allocs or 0),
+    "frees": lambda r: -(r.frees or 0),
+    "tag": lambda r: r.tag,
+}
+
+
+def select_rows(rows: Sequence[TopRow], n: int, sort_key: str, pool: str | None) -> list[TopRow]:
+    chosen = [r for r in rows if pool is None or r.pool == pool]
+    chosen.sort(key=lambda r: (r.tag, r.pool))
+    if any(r.suspect is not None for r in chosen) and sort_key != "tag":
+        chosen.sort(key=lambda r: (not r.suspect, SORT_KEYS[sort_key](r)))
+    else:
+        chosen.sort(key=SORT_KEYS[sort_key])
+    return chosen[:n]
+
+
+def rows_from_snapshot(snapshot: Any) -> list[TopRow]:
+    return [TopRow(r.tag, r.pool, r.allocs, r.frees, r.diff, r.bytes, r.per_alloc)
+            for r in snapshot.rows]
+
+
+def rows_from_growth(growth: Iterable[Any]) -> list[TopRow]:
+    out = []
+    for g in growth:
+        current = g.new or g.old
+        out.append(TopRow(g.tag, g.pool, g.delta_allocs, g.delta_frees,
+                          current.diff if g.new else 0, g.new.bytes if g.new else 0,
+                          g.new.per_alloc if g.new else None,
+                          delta_diff=g.delta_diff, delta_bytes=g.delta_bytes, suspect=g.suspect))
+    return out
+
+
+def attach_drivers(rows: Sequence[TopRow], sites: Iterable[Any], db: Any) -> None:
+    by_tag: dict[int, list[Any]] = defaultdict(list)
+    for site in sites:
+        if site.tag is not None:
+            by_tag[site.tag].append(site)
+    for row in rows:
+        value = tag_value(row.tag)
+        row.drivers = rank_drivers(row.pool, row.per_alloc, by_tag.get(value, ()))
+        if db is not None:
+            entries = db.lookup(row.tag)
+            owners = list(dict.fromkeys(e.binary_field or "<unknown>" for e in entries))
+            row.pooltag_owner = ", ".join(owners) or None
+
+
+def tag_value(tag: str) -> int | None:
+    try:
+        return str_to_tag(tag)
+    except ValueError:
+        return None
+
+
+# --- rendering --------------------------------------------------------------------------------
+def _fmt(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = False) -> str:
+    if growth:
+        header = ["Tag", "Type", "+Allocs", "+Frees", "+Diff", "+Bytes", "Diff", "Bytes",
+                  "Leak?", "Driver(s)", "Evidence", "pooltag.txt"]
+    else:
+        header = ["Tag", "Type", "Allocs", "Frees", "Diff", "Bytes", "Per Alloc", "Driver(s)",
+                  "Evidence", "pooltag.txt"]
+    table = [header]
+    for r in rows:
+        drivers = ", ".join(c.driver for c in r.drivers[:3]) or "-"
+        if len(r.drivers) > 3:
+            drivers += f" (+{len(r.drivers) - 3})"
+        evidence = r.drivers[0].evidence if r.drivers else "-"
+        pool = "Paged" if r.pool == "paged" else "Nonp"
+        if growth:
+            cells = [r.tag, pool, _fmt(r.allocs), _fmt(r.frees), _fmt(r.delta_diff),
+                     _fmt(r.delta_bytes), str(r.diff), str(r.bytes),
+                     "yes" if r.suspect else "", drivers, evidence, r.pooltag_owner or "-"]
+        else:
+            cells = [r.tag, pool, _fmt(r.allocs), _fmt(r.frees), str(r.diff), str(r.bytes),
+                     _fmt(r.per_alloc), drivers, evidence, r.pooltag_owner or "-"]
+        table.append(cells)
+    numeric = set(range(2, 7 if not growth else 8))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for index, cells in enumerate(table):
+        text = "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        lines.append(text.rstrip())
+        if verbose and index:
+            for cand in rows[index - 1].drivers:
+                lines.append(f"      {cand.driver} score {cand.score}: " + "; ".join(cand.reasons))
+    return "\n".join(lines)
+
+
+def render_json(rows: Sequence[TopRow], meta: dict[str, Any]) -> str:
+    return json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2)
+
+
+def render_csv(rows: Sequence[TopRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["tag", "type", "allocs", "frees", "diff", "bytes", "per_alloc",
+                     "delta_diff", "delta_bytes", "suspect", "drivers", "evidence",
+                     "pooltag_owner"])
+    for r in rows:
+        writer.writerow([r.tag, r.pool, _fmt(r.allocs), _fmt(r.frees), r.diff, r.bytes,
+                         _fmt(r.per_alloc), _fmt(r.delta_diff), _fmt(r.delta_bytes),
+                         "" if r.suspect is None else int(r.suspect),
+                         " ".join(c.driver for c in r.drivers),
+                         r.drivers[0].evidence if r.drivers else "", r.pooltag_owner or ""])
+    return out.getvalue()
+
+
+# --- glue ---------------------------------------------------------------------------------------
+def load_counters(opts: dict[str, Any]) -> tuple[list[TopRow], dict[str, Any], list[str]]:
+    """Counter rows from --diff, --pool-file or the live system; raises PoolSourceError."""
+    from . import pool
+
+    warnings: list[str] = []
+    if opts.get("diff"):
+        old, new = (pool.load_pool_file(p) for p in opts["diff"])
+        for snap in (old, new):
+            warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
+        growth = pool.diff_snapshots(old, new)
+        meta = {"source": [old.source, new.source], "mode": "diff"}
+        return rows_from_growth(growth), meta, warnings
+    if opts.get("pool_file"):
+        snap = pool.load_pool_file(opts["pool_file"])
+    else:
+        snap = pool.read_live_pool()
+    warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
+    meta = {"source": snap.source, "machine": snap.machine, "scope": snap.scope,
+            "taken_at": snap.taken_at.isoformat() if snap.taken_at else None}
+    return rows_from_snapshot(snap), meta, warnings
