@@ -1,0 +1,1251 @@
+"""The index: a SQLite cache of scan results, refreshed incrementally. This module owns the
+database file, keeping it in step with a list of files, and the queries over it.
+
+Layout: `files` maps each path to the sha256 of its content (with the size and mtime seen
+when it was last checked); `contents` holds one scan result per distinct content and `sites`
+its sites, so a driver found under several paths (System32\\drivers and the driver store) is
+scanned once and stored once. `meta` holds the schema version.
+
+What the index holds: after `refresh(files)` it holds exactly `files`; paths not in the list
+are dropped, and so is content no remaining path has. One index serves one source set at a
+time: switching between source sets (--drivers A, then --drivers B) rescans each time, so
+give each its own `--index PATH` when switching often.
+
+A file is read only when its size or mtime changed (or its mtime is so recent that a change
+could hide within the clock's resolution); then it is hashed, and scanned only when that
+content is not indexed yet under the current SCANNER_VERSION. A scan that fails (damaged file,
+time limit) is stored as an error too, so it is not retried on every query: a timed-out file is
+retried when a longer time limit is given, a failed one when it changes or on rebuild.
+
+Safety: every write is one short `BEGIN IMMEDIATE` transaction in WAL mode, so a reader never
+sees half a batch, a process killed at any point leaves the last committed state, and a
+second tagfind waits (busy_timeout) instead of failing. A file row is written in the same
+transaction as its content row (or only when that content row exists), and content rows are
+deleted only when no file row points at them. A damaged index file is moved aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+import pickle
+import queue
+import re
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .tags import tag_to_str
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
+BATCH_FILES = 64  # scanned files written per transaction...
+BATCH_SECONDS = 1.0  # ...or at least this often
+RACY_NS = 3_000_000_000  # a file modified this close to when we looked may change unseen
+WORKER_START_TIMEOUT = 120.0  # a worker process must import the scanner within this
+WORKER_START_FAILURES = 2  # after this many workers die at start, scan in this process
+IN_PROCESS_MAX = 2  # this few files to scan: no worker processes
+_READ_CHUNK = 1 << 20
+_U64 = 1 << 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contents (
+    sha256 TEXT PRIMARY KEY,
+    scanner_version INTEGER NOT NULL,
+    arch TEXT,
+    error TEXT,
+    size INTEGER,
+    site_count INTEGER NOT NULL,
+    timeout_s REAL,
+    scanned_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    scanner_version INTEGER NOT NULL,
+    arch TEXT,
+    error TEXT,
+    scanned_at REAL NOT NULL,
+    checked_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS sites (
+    sha256 TEXT NOT NULL,
+    rva INTEGER NOT NULL,
+    api TEXT NOT NULL,
+    tag INTEGER,
+    tag_text TEXT,
+    evidence TEXT NOT NULL,
+    protected INTEGER NOT NULL,
+    pool INTEGER,
+    size INTEGER,
+    via TEXT NOT NULL,
+    function INTEGER
+);
+CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
+CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
+CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
+"""
+_TABLES = {"meta", "contents", "files", "sites"}
+
+
+class IndexUnavailable(Exception):
+    """The index cannot be opened or written (read-only place, full disk, locked too long).
+    The message is one line for the user."""
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SiteRow:
+    """One site of one indexed file."""
+
+    path: str
+    sha256: str
+    arch: str | None
+    rva: int
+    api: str
+    tag: int | None
+    evidence: str
+    protected: bool
+    pool: int | None
+    size: int | None
+    via: tuple[int, ...]
+    function: int | None
+
+    @property
+    def tag_str(self) -> str | None:
+        return None if self.tag is None else tag_to_str(self.tag)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    """One indexed file. `error` is set when its content could not be scanned."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    arch: str | None
+    error: str | None
+
+
+@dataclass
+class RefreshStats:
+    """What one refresh did. Every listed file is counted once in unchanged, scanned or
+    reused, unless it could not be read (then it is in failed) or vanished meanwhile.
+    scanned counts files whose content was scanned; reused counts files that got the result of
+    content already indexed (renamed or copied files, duplicates within this refresh).
+    failed lists files that this refresh indexed with an error (timeouts included) or could
+    not read; removed counts indexed paths dropped because they are no longer listed or gone."""
+
+    total: int = 0
+    unchanged: int = 0
+    scanned: int = 0
+    reused: int = 0
+    removed: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    timed_out: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Totals over the whole index."""
+
+    path: str
+    files: int
+    contents: int
+    sites: int
+    failed_files: int
+    scanner_version: int | None  # of the oldest row, None when empty
+    last_refresh: float | None  # time.time() of the last refresh that wrote, None if never
+
+
+# --- paths ---------------------------------------------------------------------------------
+
+
+def default_index_path() -> Path:
+    """$TAGFIND_INDEX, else index.sqlite3 in the user's cache directory."""
+    override = os.environ.get("TAGFIND_INDEX")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tagfind", appauthor=False)) / "index.sqlite3"
+
+
+_VERSION_LINE = re.compile(r"^SCANNER_VERSION\s*=\s*(\d+)\b", re.MULTILINE)
+
+
+def current_scanner_version() -> int:
+    """The scanner's SCANNER_VERSION, read at call time (tests bump it with monkeypatch).
+
+    When tagfind.scan is not imported yet, the number is read from its source: importing the
+    scanner (numpy, pefile, capstone) costs more than a whole warm refresh, and a query that
+    finds nothing changed never needs it. Any doubt falls back to the import."""
+    module = sys.modules.get("tagfind.scan")
+    if module is None:
+        version = _scanner_version_from_source()
+        if version is not None:
+            return version
+        from . import scan as module
+    return module.SCANNER_VERSION
+
+
+def _scanner_version_from_source() -> int | None:
+    try:
+        spec = importlib.util.find_spec("tagfind.scan")
+        origin = spec.origin if spec else None
+        if not origin or not origin.endswith(".py"):
+            return None
+        found = _VERSION_LINE.findall(Path(origin).read_text(encoding="utf-8"))
+    except (ImportError, OSError, UnicodeDecodeError, ValueError):
+        return None
+    return int(found[0]) if len(found) == 1 else None
+
+
+def _guarded(method):
+    """Query methods: damage found while reading moves the file aside (the next run rebuilds
+    it) and, like an unusable file, becomes IndexUnavailable with one line."""
+
+    @functools.wraps(method)
+    def guarded(self: Index, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                self._move_aside()
+                raise IndexUnavailable(
+                    f"index {self.path} is damaged ({_one_line(exc)}): moved aside,"
+                    " the next run rebuilds it"
+                ) from None
+            if _is_unavailable(exc):
+                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+            raise
+
+    return guarded
+
+
+# --- the index -----------------------------------------------------------------------------
+
+
+class Index:
+    """The cache. Open with `Index(path)` (or as a context manager); `warnings` collects
+    one-line messages for the user (a damaged file that was rebuilt)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_index_path()
+        self.warnings: list[str] = []
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise IndexUnavailable(f"index {self.path} is closed")
+        return self._conn
+
+    # --- opening, checking, rebuilding --------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._connect_and_check()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+            self._rebuild_after(exc)
+
+    def _connect_and_check(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"cannot create index directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._conn = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable up to a crash
+            self._ensure_schema(conn)
+            # Touch every table so a damaged page header shows up here and not mid-query.
+            for table in ("files", "contents", "sites"):
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        tables = _table_names(conn)
+        if tables >= _TABLES:
+            version = _meta(conn, "schema_version")
+            if version != str(SCHEMA_VERSION):
+                raise _WrongSchema(f"schema version {version}, expected {SCHEMA_VERSION}")
+            return
+        if tables:
+            raise _WrongSchema(f"unexpected tables {sorted(tables)}")
+        with _write(conn):
+            if _table_names(conn):  # another process created it while we waited for the lock
+                return
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def _rebuild_after(self, exc: BaseException) -> None:
+        reason = _one_line(exc)
+        aside = self._move_aside()
+        where = f" (old file kept as {aside.name})" if aside else ""
+        self.warnings.append(f"index {self.path} was unusable ({reason}): rebuilt{where}")
+        try:
+            self._connect_and_check()
+        except sqlite3.DatabaseError as again:
+            raise IndexUnavailable(_unavailable_message(self.path, again)) from None
+
+    def _move_aside(self) -> Path | None:
+        self.close()
+        aside = self.path.with_name(self.path.name + ".damaged")
+        try:
+            for old in (aside, Path(f"{aside}-wal"), Path(f"{aside}-shm")):
+                old.unlink(missing_ok=True)
+            if self.path.exists():
+                os.replace(self.path, aside)
+            # A stale WAL must not be replayed into the new database.
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"index {self.path} is damaged and cannot be replaced: {exc.strerror or exc}"
+            ) from None
+        return aside if aside.exists() else None
+
+    # --- refresh ------------------------------------------------------------------------
+
+    def refresh(
+        self,
+        files: Sequence[str],
+        rebuild: bool = False,
+        jobs: int | None = None,
+        timeout: float = 60.0,
+        progress: bool | None = None,
+    ) -> RefreshStats:
+        """Bring the index in step with `files`: rescan what changed, reuse known content,
+        drop paths not listed. `rebuild` rescans everything. Scans run in `jobs` worker
+        processes (default: all cores; 1 scans in this process), each file limited to
+        `timeout` seconds. A progress bar goes to stderr when it is a terminal (progress=None).
+        """
+        try:
+            return _Refresh(self, files, rebuild, jobs, timeout, progress).run()
+        except sqlite3.DatabaseError as exc:
+            if _is_unavailable(exc):
+                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+            if not _is_damage(exc):
+                raise
+            # Damage found while reading or writing: start over on a new file, once.
+            self._rebuild_after(exc)
+        try:
+            return _Refresh(self, files, rebuild, jobs, timeout, progress).run()
+        except sqlite3.DatabaseError as exc:
+            raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+
+    # --- queries ------------------------------------------------------------------------
+
+    @_guarded
+    def sites(
+        self,
+        tags: Iterable[int] | None = None,
+        tag_glob: str | None = None,
+        files: Sequence[str] | None = None,
+    ) -> list[SiteRow]:
+        """Sites whose tag is one of `tags` or whose displayed tag matches `tag_glob`
+        (case-sensitive, * and ?, as tags.pattern_matches); all sites when both are None.
+        `files` restricts to those paths. Ordered by path, then rva."""
+        where: list[str] = []
+        params: list[object] = []
+        tag_list = None if tags is None else sorted(set(tags))
+        alternatives = []
+        if tag_list is not None:
+            alternatives.append(f"s.tag IN ({','.join('?' * len(tag_list))})")
+            params.extend(tag_list)
+        if tag_glob is not None:
+            alternatives.append("s.tag_text GLOB ?")
+            params.append(sqlite_glob(tag_glob))
+        if alternatives:
+            where.append("(" + " OR ".join(alternatives) + ")")
+        return self._select_sites(where, params, files)
+
+    @_guarded
+    def sites_for_driver(self, name_or_path: str) -> list[SiteRow]:
+        """All sites of the files named `name_or_path`: a file name (without regard to case,
+        with or without its extension) or a path."""
+        paths = self.match_driver(name_or_path)
+        return self._select_sites([], [], paths) if paths else []
+
+    def match_driver(self, name_or_path: str) -> list[str]:
+        """Indexed paths that `name_or_path` names (see sites_for_driver)."""
+        rows = [row.path for row in self.file_rows()]
+        if os.sep in name_or_path or "/" in name_or_path:
+            wanted = os.path.normcase(os.path.abspath(name_or_path))
+            return [path for path in rows if os.path.normcase(path) == wanted]
+        wanted = name_or_path.casefold()
+        return [
+            path
+            for path in rows
+            if (base := os.path.basename(path).casefold()) == wanted
+            or os.path.splitext(base)[0] == wanted
+        ]
+
+    @_guarded
+    def file_rows(self) -> list[FileRow]:
+        """Every indexed file, by path."""
+        cur = self.conn.execute(
+            "SELECT path, size, mtime_ns, sha256, arch, error FROM files ORDER BY path"
+        )
+        return [FileRow(*row) for row in cur]
+
+    @_guarded
+    def stats(self) -> IndexStats:
+        conn = self.conn
+        count = {
+            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("files", "contents", "sites")
+        }
+        failed = conn.execute("SELECT count(*) FROM files WHERE error IS NOT NULL").fetchone()[0]
+        version = conn.execute("SELECT min(scanner_version) FROM files").fetchone()[0]
+        last = _meta(conn, "last_refresh")
+        return IndexStats(
+            path=str(self.path),
+            files=count["files"],
+            contents=count["contents"],
+            sites=count["sites"],
+            failed_files=failed,
+            scanner_version=version,
+            last_refresh=float(last) if last else None,
+        )
+
+    @_guarded
+    def check(self) -> list[str]:
+        """Broken invariants, as messages (empty when the index is consistent)."""
+        problems = []
+        queries = {
+            "file rows without content": "SELECT count(*) FROM files f LEFT JOIN contents c"
+            " ON c.sha256 = f.sha256 WHERE c.sha256 IS NULL",
+            "sites without content": "SELECT count(*) FROM sites s LEFT JOIN contents c"
+            " ON c.sha256 = s.sha256 WHERE c.sha256 IS NULL",
+            "contents without files": "SELECT count(*) FROM contents c WHERE NOT EXISTS"
+            " (SELECT 1 FROM files f WHERE f.sha256 = c.sha256)",
+            "contents whose site count is off": "SELECT count(*) FROM contents c WHERE"
+            " site_count != (SELECT count(*) FROM sites s WHERE s.sha256 = c.sha256)",
+        }
+        for what, sql in queries.items():
+            n = self.conn.execute(sql).fetchone()[0]
+            if n:
+                problems.append(f"{n} {what}")
+        return problems
+
+    def _select_sites(
+        self, where: list[str], params: list[object], files: Sequence[str] | None
+    ) -> list[SiteRow]:
+        sql = (
+            "SELECT f.path, s.sha256, c.arch, s.rva, s.api, s.tag, s.evidence, s.protected,"
+            " s.pool, s.size, s.via, s.function FROM sites s"
+            " JOIN contents c ON c.sha256 = s.sha256"
+            " JOIN files f ON f.sha256 = s.sha256"
+        )
+        conn = self.conn
+        if files is not None:
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (path TEXT PRIMARY KEY)")
+            conn.execute("DELETE FROM wanted")
+            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((p,) for p in files))
+            where = [*where, "f.path IN (SELECT path FROM wanted)"]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY f.path, s.rva, s.api"
+        return [_site_row(row) for row in conn.execute(sql, params)]
+
+
+# --- refresh, step by step -----------------------------------------------------------------
+
+
+@dataclass
+class _Known:
+    size: int
+    mtime_ns: int
+    sha256: str
+    scanner_version: int
+    checked_ns: int
+    timeout_s: float | None  # the limit its content's scan ran out of; None: it did not
+
+
+@dataclass
+class _Pending:
+    """A listed file that has to be read: its stat, and its hash once known."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    checked_ns: int
+    sha256: str | None = None
+
+
+class _Refresh:
+    def __init__(self, index, files, rebuild, jobs, timeout, progress) -> None:
+        self.index = index
+        self.conn: sqlite3.Connection = index.conn
+        self.paths = list(dict.fromkeys(os.path.abspath(p) for p in files))
+        self.rebuild = rebuild
+        self.jobs = max(1, jobs if jobs is not None else (os.cpu_count() or 1))
+        self.timeout = timeout
+        self.progress = _want_progress(progress)
+        self.stats = RefreshStats(total=len(self.paths))
+        self.version = current_scanner_version()
+        self.wrote = False
+        self.released: set[str] = set()  # contents a write in this transaction stopped using
+
+    def run(self) -> RefreshStats:
+        start = time.perf_counter()
+        known = self._known()
+        pending, gone = self._stat_all(known)
+        if pending:
+            gone |= self._hash_all(pending)
+            to_scan = self._settle_known_content(pending, known)
+            if to_scan:
+                self._scan_and_store(to_scan)
+        self._drop(set(known) - set(self.paths) | gone, known)
+        self.stats.seconds = time.perf_counter() - start
+        return self.stats
+
+    def _known(self) -> dict[str, _Known]:
+        cur = self.conn.execute(
+            "SELECT f.path, f.size, f.mtime_ns, f.sha256, f.scanner_version, f.checked_ns,"
+            " c.timeout_s FROM files f LEFT JOIN contents c ON c.sha256 = f.sha256"
+        )
+        return {row[0]: _Known(*row[1:]) for row in cur}
+
+    def _stat_all(self, known: dict[str, _Known]) -> tuple[list[_Pending], set[str]]:
+        """Stat every listed file: the unchanged ones are done, the others are pending.
+        Returns (pending, paths that vanished)."""
+        pending: list[_Pending] = []
+        gone: set[str] = set()
+        for path in self.paths:
+            now = time.time_ns()
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                gone.add(path)
+                continue
+            except OSError as exc:
+                self.stats.failed.append((path, f"cannot read: {_strerror(exc)}"))
+                continue
+            row = known.get(path)
+            if not self.rebuild and row is not None and _same(row, st, self.version, self.timeout):
+                self.stats.unchanged += 1
+            else:
+                pending.append(_Pending(path, st.st_size, st.st_mtime_ns, now))
+        return pending, gone
+
+    def _hash_all(self, pending: list[_Pending]) -> set[str]:
+        """Hash the pending files (sets .sha256). Returns the paths that vanished meanwhile."""
+        gone: set[str] = set()
+        # hashlib releases the GIL on large buffers: threads hash in parallel.
+        with _bar(self.progress, len(pending), "hashing") as bar:
+            with ThreadPoolExecutor(max_workers=min(self.jobs, 8)) as pool:
+                digests = pool.map(_hash_file, [p.path for p in pending])
+                for item, digest in zip(pending, digests, strict=True):
+                    bar.update(1)
+                    if isinstance(digest, str):
+                        item.sha256 = digest
+                    elif isinstance(digest, FileNotFoundError):
+                        gone.add(item.path)
+                    else:
+                        self.stats.failed.append((item.path, f"cannot read: {_strerror(digest)}"))
+        return gone
+
+    def _settle_known_content(
+        self, pending: list[_Pending], known: dict[str, _Known]
+    ) -> dict[str, list[_Pending]]:
+        """Files whose content is already indexed get their rows now, in one transaction.
+        Returns the rest, grouped by content: sha256 -> files (each content is scanned once)."""
+        to_scan: dict[str, list[_Pending]] = {}
+        with _write(self.conn):
+            for item in pending:
+                if item.sha256 is None:
+                    continue
+                row = known.get(item.path)
+                same_content = (
+                    row is not None
+                    and row.sha256 == item.sha256
+                    and row.scanner_version == self.version
+                )
+                if self.rebuild or item.sha256 in to_scan:
+                    to_scan.setdefault(item.sha256, []).append(item)
+                elif self._point_at_content(item):
+                    if same_content:
+                        self.stats.unchanged += 1  # touched, or checked again as racy
+                    else:
+                        self.stats.reused += 1
+                        self._note_failure(item)
+                else:
+                    to_scan.setdefault(item.sha256, []).append(item)
+            self._collect_released()
+        self.wrote = True
+        return to_scan
+
+    def _point_at_content(self, item: _Pending) -> bool:
+        """Write the file row for already indexed content; False when there is none. The
+        check and the write are one statement, so the content row cannot vanish between."""
+        previous = self._current_sha(item.path)
+        cur = self.conn.execute(
+            _UPSERT_FILE_FROM_CONTENT,
+            (item.path, item.size, _stored_mtime(item), time.time(), item.checked_ns,
+             item.sha256, self.version, self.timeout),
+        )  # fmt: skip
+        if cur.rowcount > 0:
+            self._release(previous, item.sha256)
+        return cur.rowcount > 0
+
+    def _current_sha(self, path: str) -> str | None:
+        # Read inside the write transaction: another process may have changed the row.
+        row = self.conn.execute("SELECT sha256 FROM files WHERE path = ?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def _release(self, previous: str | None, now: str | None) -> None:
+        if previous is not None and previous != now:
+            self.released.add(previous)
+
+    def _collect_released(self) -> None:
+        """Delete the contents this transaction stopped pointing at, unless another file still
+        does; in the same transaction, so no commit leaves content without a file."""
+        for sha in sorted(self.released):
+            if self.conn.execute("SELECT 1 FROM files WHERE sha256 = ?", (sha,)).fetchone():
+                continue
+            self.conn.execute("DELETE FROM sites WHERE sha256 = ?", (sha,))
+            self.conn.execute("DELETE FROM contents WHERE sha256 = ?", (sha,))
+        self.released.clear()
+
+    def _note_failure(self, item: _Pending) -> None:
+        error = self.conn.execute(
+            "SELECT error FROM contents WHERE sha256 = ?", (item.sha256,)
+        ).fetchone()
+        if error and error[0]:
+            self.stats.failed.append((item.path, error[0]))
+
+    def _scan_and_store(self, to_scan: dict[str, list[_Pending]]) -> None:
+        tasks = [(items[0].path, sha) for sha, items in to_scan.items()]
+        batch: list[tuple[list[_Pending], _Outcome]] = []
+        last_commit = time.monotonic()
+        # A few files scan faster here than in freshly started processes, when the time limit
+        # can be kept here (SIGALRM); jobs=1 always scans here.
+        few = len(tasks) <= IN_PROCESS_MAX and _can_alarm()
+        runner = (
+            _InProcess(self.timeout) if self.jobs == 1 or few else _Pool(self.jobs, self.timeout)
+        )
+        with _bar(self.progress, len(tasks), "scanning") as bar:
+            with closing(runner.run(tasks)) as outcomes:  # closing: workers die with errors
+                for (_path, sha), outcome in outcomes:
+                    batch.append((to_scan[sha], outcome))
+                    bar.update(1)
+                    if len(batch) >= BATCH_FILES or time.monotonic() - last_commit > BATCH_SECONDS:
+                        self._store(batch)
+                        batch, last_commit = [], time.monotonic()
+            if batch:
+                self._store(batch)
+
+    def _store(self, batch: list[tuple[list[_Pending], _Outcome]]) -> None:
+        now = time.time()
+        with _write(self.conn):
+            for items, outcome in batch:
+                self._store_content(outcome, now)
+                if outcome.sha256 != items[0].sha256:
+                    # The first file changed between hashing and scanning: the result is its
+                    # new content only. The other files keep their rows until next time.
+                    items = items[:1]
+                for i, item in enumerate(items):
+                    self._store_file(item, outcome, now)
+                    if i == 0:
+                        self.stats.scanned += 1
+                    else:
+                        self.stats.reused += 1
+                    if outcome.error:
+                        self.stats.failed.append((item.path, outcome.error))
+                if outcome.timed_out:
+                    self.stats.timed_out += 1
+            self._collect_released()
+
+    def _store_content(self, outcome: _Outcome, now: float) -> None:
+        conn = self.conn
+        conn.execute(
+            "INSERT INTO contents (sha256, scanner_version, arch, error, size, site_count,"
+            " timeout_s, scanned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO"
+            " UPDATE SET scanner_version = excluded.scanner_version, arch = excluded.arch,"
+            " error = excluded.error, size = excluded.size, site_count = excluded.site_count,"
+            " timeout_s = excluded.timeout_s, scanned_at = excluded.scanned_at",
+            (outcome.sha256, self.version, outcome.arch, outcome.error, outcome.size,
+             len(outcome.sites), self.timeout if outcome.timed_out else None, now),
+        )  # fmt: skip
+        conn.execute("DELETE FROM sites WHERE sha256 = ?", (outcome.sha256,))
+        conn.executemany(
+            "INSERT INTO sites (sha256, rva, api, tag, tag_text, evidence, protected, pool,"
+            " size, via, function) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_site_values(outcome.sha256, site) for site in outcome.sites],
+        )
+
+    def _store_file(self, item: _Pending, outcome: _Outcome, now: float) -> None:
+        # The worker hashed what it scanned; if the file changed since we hashed it, the row
+        # records the worker's content with our (older) stat, so the next refresh looks again.
+        self._release(self._current_sha(item.path), outcome.sha256)
+        self.conn.execute(
+            _UPSERT_FILE,
+            (item.path, item.size, _stored_mtime(item), outcome.sha256, self.version,
+             outcome.arch, outcome.error, now, item.checked_ns),
+        )  # fmt: skip
+
+    def _drop(self, paths: set[str], known: dict[str, _Known]) -> None:
+        """Forget `paths`, then every content no file points at (in one transaction)."""
+        dropping = sorted(p for p in paths if p in known)
+        if not dropping and not self.wrote:
+            return  # nothing changed: a warm refresh writes nothing
+        with _write(self.conn):
+            self.conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in dropping])
+            orphans = "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM files)"
+            self.conn.execute(f"DELETE FROM sites WHERE sha256 IN ({orphans})")
+            self.conn.execute(f"DELETE FROM contents WHERE sha256 IN ({orphans})")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('last_refresh', ?)", (repr(time.time()),)
+            )
+        self.stats.removed = len(dropping)
+
+
+_UPSERT_SET = (
+    " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+    " sha256 = excluded.sha256, scanner_version = excluded.scanner_version,"
+    " arch = excluded.arch, error = excluded.error, scanned_at = excluded.scanned_at,"
+    " checked_ns = excluded.checked_ns"
+)
+_UPSERT_FILE = (
+    "INSERT INTO files (path, size, mtime_ns, sha256, scanner_version, arch, error, scanned_at,"
+    " checked_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" + _UPSERT_SET
+)
+_UPSERT_FILE_FROM_CONTENT = (
+    "INSERT INTO files (path, size, mtime_ns, sha256, scanner_version, arch, error, scanned_at,"
+    " checked_ns) SELECT ?, ?, ?, sha256, scanner_version, arch, error, ?, ? FROM contents"
+    " WHERE sha256 = ? AND scanner_version = ? AND (timeout_s IS NULL OR timeout_s >= ?)"
+    + _UPSERT_SET
+)
+
+
+def _same(row: _Known, st: os.stat_result, version: int, timeout: float) -> bool:
+    """Unchanged without reading: same size and mtime, same scanner, the mtime was not so
+    close to our last look that a change within the clock's resolution could hide, and the
+    scan did not run out of a shorter time limit than the one given now."""
+    return (
+        row.size == st.st_size
+        and row.mtime_ns == st.st_mtime_ns
+        and row.scanner_version == version
+        and row.mtime_ns + RACY_NS < row.checked_ns
+        and (row.timeout_s is None or row.timeout_s >= timeout)
+    )
+
+
+def _stored_mtime(item: _Pending) -> int:
+    return item.mtime_ns
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _hash_file(path: str) -> str | OSError:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_READ_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+    except OSError as exc:
+        return exc
+
+
+# --- scanning: in this process or in worker processes with a time limit -------------------
+
+
+@dataclass
+class _Outcome:
+    """A scan result reduced to what the index stores (plain data: it crosses processes)."""
+
+    sha256: str
+    size: int | None
+    arch: str | None
+    error: str | None
+    sites: list[dict] = field(default_factory=list)
+    timed_out: bool = False
+
+
+def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
+    """Read `path` once, hash what was read and scan those same bytes."""
+    from .pe import MAX_FILE_SIZE
+    from .scan import scan_file
+
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_SIZE:  # hash as the parent did, let the scanner refuse it
+            return _outcome(expected_sha256, size, scan_file(path))
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return _Outcome(expected_sha256, None, None, f"cannot read: {exc.strerror or exc}")
+    sha = hashlib.sha256(data).hexdigest()
+    return _outcome(sha, len(data), scan_file(path, data))
+
+
+def _outcome(sha: str, size: int | None, result) -> _Outcome:
+    sites = [
+        {
+            "rva": s.rva,
+            "api": s.api,
+            "tag": s.tag,
+            "evidence": s.evidence,
+            "protected": s.protected,
+            "pool": s.pool,
+            "size": s.size,
+            "via": tuple(s.via),
+            "function": s.function,
+        }
+        for s in result.sites
+    ]
+    return _Outcome(sha, size, result.arch, result.error, sites)
+
+
+def _timed_out(sha: str, seconds: float) -> _Outcome:
+    return _Outcome(sha, None, None, f"timed out after {seconds:g} s", timed_out=True)
+
+
+class _ScanTimeout(BaseException):
+    """Raised by SIGALRM in an in-process scan; a BaseException so that scan_file's own
+    `except Exception` does not swallow it."""
+
+
+class _InProcess:
+    """Scans one file after another in this process. The time limit holds only where SIGALRM
+    exists and this is the main thread; elsewhere it is not enforced."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def run(self, tasks: list[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], _Outcome]]:
+        for path, sha in tasks:
+            yield (path, sha), self._one(path, sha)
+
+    def _one(self, path: str, sha: str) -> _Outcome:
+        if not _can_alarm():
+            return scan_for_index(path, sha)
+        previous = signal.signal(signal.SIGALRM, _raise_timeout)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(self.timeout, 1e-6))
+            try:
+                return scan_for_index(path, sha)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _ScanTimeout:  # (also when it fires just as the scan ends)
+            return _timed_out(sha, self.timeout)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+
+
+def _can_alarm() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def _raise_timeout(signum, frame) -> None:
+    raise _ScanTimeout()
+
+
+def worker_main() -> None:
+    """A scanning process (`python -c "from tagfind.index import worker_main; worker_main()"`):
+    import the scanner, say ready, then scan one (path, sha256) task per frame on stdin and
+    answer each with one frame on stdout, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break frames
+    from . import scan  # noqa: F401  (the slow import, before any clock starts)
+
+    _send_frame(outbox, "ready")
+    while (task := _read_frame(inbox)) is not None:
+        _send_frame(outbox, scan_for_index(*task))
+
+
+def _send_frame(stream, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<I", len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream) -> object | None:
+    """The next message, or None at end of stream."""
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    (size,) = struct.unpack("<I", head)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # only ever from our own worker or parent process
+
+
+_EOF = object()
+
+
+class _Worker:
+    """One scanning process and the thread that reads its answers into the pool's queue.
+    A plain subprocess rather than multiprocessing: spawn would re-run the user's __main__,
+    and a process of our own can be killed without disturbing the others."""
+
+    def __init__(self, answers: queue.Queue) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from tagfind.index import worker_main; worker_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_worker_env(),
+        )
+        self.started = time.monotonic()
+        self.ready = False
+        self.task: tuple[str, str] | None = None
+        self.deadline = 0.0
+        self.reader = threading.Thread(target=self._read, args=(answers,), daemon=True)
+        self.reader.start()
+
+    def _read(self, answers: queue.Queue) -> None:
+        try:
+            while (message := _read_frame(self.process.stdout)) is not None:
+                answers.put((self, message))
+        except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+            pass
+        answers.put((self, _EOF))
+
+    def send(self, task: tuple[str, str]) -> None:
+        self.task = task
+        _send_frame(self.process.stdin, task)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment for a worker: ours, with this tagfind's directory first on the path
+    (so a source checkout that is not installed works too)."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    return env
+
+
+class _Pool:
+    """Worker processes, each scanning one file at a time. A worker past its deadline is
+    killed and replaced (the file is recorded as timed out); a worker that dies takes only its
+    own file down with it. If workers cannot start at all, the rest is scanned in-process."""
+
+    def __init__(self, jobs: int, timeout: float) -> None:
+        self.jobs = jobs
+        self.timeout = timeout
+        self.workers: list[_Worker] = []
+        self.answers: queue.Queue = queue.Queue()
+        self.start_failures = 0
+
+    def run(self, tasks: list[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], _Outcome]]:
+        todo = list(reversed(tasks))  # pop() from the end keeps the given order
+        try:
+            while todo or self._busy():
+                if self.start_failures >= WORKER_START_FAILURES:
+                    yield from _InProcess(self.timeout).run(list(reversed(todo)))
+                    todo = []
+                    continue
+                self._staff(min(self.jobs, len(todo) + self._busy()))
+                self._assign(todo)
+                yield from self._collect()
+        finally:
+            for worker in self.workers:
+                worker.kill()
+            self.workers = []
+
+    def _busy(self) -> int:
+        return sum(1 for w in self.workers if w.task)
+
+    def _staff(self, wanted: int) -> None:
+        while len(self.workers) < wanted:
+            try:
+                self.workers.append(_Worker(self.answers))
+            except OSError:
+                self.start_failures = WORKER_START_FAILURES
+                return
+
+    def _assign(self, todo: list[tuple[str, str]]) -> None:
+        for worker in self.workers:
+            if worker.ready and worker.task is None and todo:
+                task = todo.pop()
+                try:
+                    worker.send(task)
+                except OSError:  # it died while idle: its reader reports that
+                    todo.append(task)
+                    worker.task = None
+                    continue
+                worker.deadline = time.monotonic() + self.timeout
+
+    def _collect(self) -> Iterator[tuple[tuple[str, str], _Outcome]]:
+        try:
+            worker, message = self.answers.get(timeout=self._wait_time())
+        except queue.Empty:
+            pass
+        else:
+            if worker in self.workers:  # else: a worker we already retired
+                yield from self._receive(worker, message)
+        yield from self._expire()
+
+    def _receive(self, worker: _Worker, message: object):
+        if message is _EOF:
+            task, code = worker.task, worker.process.poll()
+            self._replace(worker)
+            if task is None:
+                self.start_failures += 0 if worker.ready else 1
+                return
+            yield task, _Outcome(task[1], None, None, f"scanner process died (exit code {code})")
+        elif message == "ready":
+            worker.ready = True
+        elif worker.task is not None:
+            task, worker.task = worker.task, None
+            yield task, message
+
+    def _expire(self) -> Iterator[tuple[tuple[str, str], _Outcome]]:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.task and now > worker.deadline:
+                task = worker.task
+                self._replace(worker)
+                yield task, _timed_out(task[1], self.timeout)
+            elif not worker.ready and now - worker.started > WORKER_START_TIMEOUT:
+                self._replace(worker)
+                self.start_failures += 1
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self.workers.remove(worker)
+
+    def _wait_time(self) -> float:
+        deadlines = [w.deadline for w in self.workers if w.task]
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(deadlines) - time.monotonic()) + 0.01
+
+
+# --- SQLite helpers ------------------------------------------------------------------------
+
+
+class _WrongSchema(sqlite3.DatabaseError):
+    """The file is a SQLite database, but not one of ours (or of another schema version)."""
+
+
+class _write:
+    """`with _write(conn):` one BEGIN IMMEDIATE ... COMMIT transaction (rolled back on error).
+    IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {name for (name,) in rows}
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+_UNAVAILABLE_CODES = {
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+}
+_UNAVAILABLE_WORDS = ("unable to open", "readonly", "read-only", "disk is full", "disk i/o",
+                      "locked", "busy", "permission")  # fmt: skip
+_DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_DAMAGE_WORDS = ("malformed", "not a database", "corrupt")
+
+
+def _error_code(exc: sqlite3.DatabaseError) -> str | None:
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+; extended codes too
+    if not name or name.count("_") < 1:
+        return None
+    return "_".join(name.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
+
+
+def _is_unavailable(exc: sqlite3.DatabaseError) -> bool:
+    """True when the database cannot be used here and now (read-only, full, locked), as
+    opposed to damaged, which a rebuild fixes."""
+    if isinstance(exc, _WrongSchema):
+        return False
+    code = _error_code(exc)
+    if code:
+        return code in _UNAVAILABLE_CODES
+    text = str(exc).lower()
+    return any(word in text for word in _UNAVAILABLE_WORDS)
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """True when the file is not a usable index of ours: damaged, not SQLite, other schema."""
+    if isinstance(exc, _WrongSchema):
+        return True
+    code = _error_code(exc)
+    if code:
+        return code in _DAMAGE_CODES
+    text = str(exc).lower()
+    return any(word in text for word in _DAMAGE_WORDS)
+
+
+def _unavailable_message(path: Path, exc: BaseException) -> str:
+    return f"index {path} cannot be used: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def sqlite_glob(pattern: str) -> str:
+    """A tag pattern (tags.pattern_matches semantics) as a SQLite GLOB pattern: '[' is a
+    literal in tags, and a short pattern without '*' is padded with spaces like a short tag."""
+    if "*" not in pattern and len(pattern) < 4:
+        pattern = pattern.ljust(4)
+    return pattern.replace("[", "[[]")
+
+
+def _to_i64(value: int | None) -> int | None:
+    # SQLite integers are signed 64-bit; pool flags and sizes are unsigned 64-bit.
+    if value is None:
+        return None
+    value %= _U64
+    return value - _U64 if value >= _U64 // 2 else value
+
+
+def _from_i64(value: int | None) -> int | None:
+    if value is None:
+        return None
+    return value + _U64 if value < 0 else value
+
+
+def _site_values(sha: str, site: dict) -> tuple:
+    tag = site["tag"]
+    return (
+        sha,
+        site["rva"],
+        site["api"],
+        tag,
+        None if tag is None else tag_to_str(tag),
+        site["evidence"],
+        int(bool(site["protected"])),
+        _to_i64(site["pool"]),
+        _to_i64(site["size"]),
+        ",".join(str(v) for v in site["via"]),
+        site["function"],
+    )
+
+
+def _site_row(row: tuple) -> SiteRow:
+    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function = row
+    return SiteRow(
+        path=path,
+        sha256=sha,
+        arch=arch,
+        rva=rva,
+        api=api,
+        tag=tag,
+        evidence=evidence,
+        protected=bool(protected),
+        pool=_from_i64(pool),
+        size=_from_i64(size),
+        via=tuple(int(v) for v in via.split(",")) if via else (),
+        function=function,
+    )
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def _want_progress(progress: bool | None) -> bool:
+    if progress is not None:
+        return progress
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _bar(show: bool, total: int, what: str):
+    if not show or total < 2:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="file", file=sys.stderr, leave=False)

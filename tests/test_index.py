@@ -1,0 +1,566 @@
+"""The index: incremental refresh (add, modify, touch, remove, rename, duplicates, scanner
+version), parallel scans with a time limit, damaged inputs, damaged index files, two refreshing
+processes at once, kill -9 in the middle of a build, and the queries. Real libwine PE files
+(see pe_factory) and real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import skip_or_fail
+from hypothesis import given
+from hypothesis import strategies as st
+from pe_factory import KERNEL_FILES, MaterialMissing, copy_files, smallest_pe_files, wine_dir
+
+import tagfind.index as index_mod
+import tagfind.scan
+from tagfind.index import (
+    Index,
+    IndexUnavailable,
+    SiteRow,
+    default_index_path,
+    sqlite_glob,
+)
+from tagfind.scan import scan_file
+from tagfind.tags import NONE_TAG, pattern_matches, tag_to_str
+
+USER_MODE = ("version.dll", "notepad.exe", "winhttp.dll")
+
+
+@pytest.fixture(scope="module")
+def wine() -> Path:
+    try:
+        return wine_dir()
+    except MaterialMissing as exc:
+        skip_or_fail(f"libwine test material: {exc}")
+
+
+@pytest.fixture
+def tree(wine: Path, tmp_path: Path) -> Path:
+    """The five kernel files with pool calls and three user-mode files."""
+    copy_files([wine / name for name in KERNEL_FILES + USER_MODE], tmp_path / "tree")
+    return tmp_path / "tree"
+
+
+def listing(top: Path) -> list[str]:
+    return sorted(str(p) for p in top.rglob("*") if p.is_file())
+
+
+def site_key(row) -> tuple:
+    return (row.rva, row.api, row.tag, row.evidence, row.protected, row.pool, row.size,
+            tuple(row.via), row.function)  # fmt: skip
+
+
+def expected_sites(path: str) -> list[tuple]:
+    return sorted(site_key(site) for site in scan_file(path).sites)
+
+
+def indexed_sites(ix: Index, path: str) -> list[tuple]:
+    return sorted(site_key(row) for row in ix.sites(files=[path]))
+
+
+def sha256_of(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def count_calls(monkeypatch, name: str) -> list:
+    """Count calls of tagfind.index.<name> (still calling it)."""
+    calls: list = []
+    real = getattr(index_mod, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index_mod, name, counting)
+    return calls
+
+
+# --- a first build and the queries ---------------------------------------------------------
+
+
+def test_first_refresh_scans_everything_and_queries_answer(tree: Path, tmp_path: Path) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        stats = ix.refresh(files, jobs=1)
+        assert (stats.total, stats.scanned, stats.unchanged, stats.reused) == (8, 8, 0, 0)
+        assert stats.failed == [] and stats.removed == 0 and stats.timed_out == 0
+        assert ix.check() == []
+        assert [row.path for row in ix.file_rows()] == files
+        assert all(row.arch == "x64" and row.error is None for row in ix.file_rows())
+
+        for path in files:
+            assert indexed_sites(ix, path) == expected_sites(path), path
+        with_none = {row.path for row in ix.sites(tags=[NONE_TAG])}
+        assert with_none == {str(tree / name) for name in KERNEL_FILES}
+
+        # Globs match the displayed tag, case-sensitively.
+        assert ix.sites(tag_glob="No*") == ix.sites(tags=[NONE_TAG])
+        assert ix.sites(tag_glob="N?ne") == ix.sites(tags=[NONE_TAG])
+        assert ix.sites(tag_glob="no*") == []
+        assert ix.sites(tags=[]) == []
+        assert len(ix.sites()) == ix.stats().sites
+
+        winebus = str(tree / "winebus.sys")
+        by_name = ix.sites_for_driver("WINEBUS.SYS")
+        assert by_name and {row.path for row in by_name} == {winebus}
+        assert ix.sites_for_driver("winebus") == by_name
+        assert ix.sites_for_driver(winebus) == by_name
+        assert ix.sites_for_driver("nosuch.sys") == []
+        row = by_name[0]
+        assert isinstance(row, SiteRow) and row.sha256 == sha256_of(winebus)
+        assert row.tag_str == "None" and isinstance(row.via, tuple)
+
+        summary = ix.stats()
+        assert (summary.files, summary.contents, summary.failed_files) == (8, 8, 0)
+        assert summary.scanner_version == tagfind.scan.SCANNER_VERSION
+
+
+def test_unchanged_files_are_not_read(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        ix.refresh(files, jobs=1)
+    hashed = count_calls(monkeypatch, "_hash_file")
+    scanned = count_calls(monkeypatch, "scan_for_index")
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        stats = ix.refresh(files, jobs=1)
+    assert (stats.unchanged, stats.scanned, stats.reused, stats.removed) == (8, 0, 0, 0)
+    assert hashed == [] and scanned == []
+
+
+def test_add_touch_modify_remove_rename(wine: Path, tree: Path, tmp_path: Path, monkeypatch):
+    (tree / "usbd.sys").unlink()
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        ix.refresh(listing(tree), jobs=1)
+
+        # add
+        shutil.copy2(wine / "usbd.sys", tree / "usbd.sys")
+        stats = ix.refresh(listing(tree), jobs=1)
+        assert (stats.scanned, stats.unchanged, stats.reused) == (1, 7, 0)
+
+        # touch: read again (the mtime moved) but not scanned
+        hashed = count_calls(monkeypatch, "_hash_file")
+        os.utime(tree / "winebus.sys", ns=(0, 1_000_000_000))
+        stats = ix.refresh(listing(tree), jobs=1)
+        assert (stats.scanned, stats.unchanged, stats.reused) == (0, 8, 0)
+        assert len(hashed) == 1
+        monkeypatch.undo()
+
+        # modify: new content under the old name
+        winebus = str(tree / "winebus.sys")
+        shutil.copyfile(wine / "winexinput.sys", winebus)
+        stats = ix.refresh(listing(tree), jobs=1)
+        assert (stats.scanned, stats.unchanged, stats.reused) == (1, 7, 0)
+        assert indexed_sites(ix, winebus) == expected_sites(str(wine / "winexinput.sys"))
+        assert ix.sites_for_driver("winebus.sys")[0].sha256 == sha256_of(wine / "winexinput.sys")
+
+        # remove: its rows and its content go
+        contents_before = ix.stats().contents
+        (tree / "usbd.sys").unlink()
+        stats = ix.refresh(listing(tree), jobs=1)
+        assert (stats.removed, stats.scanned, stats.unchanged) == (1, 0, 7)
+        assert ix.stats().contents == contents_before - 1
+        assert ix.sites_for_driver("usbd.sys") == []
+
+        # rename: the content is reused, not scanned again
+        os.rename(tree / "wineusb.sys", tree / "renamed.sys")
+        stats = ix.refresh(listing(tree), jobs=1)
+        assert (stats.removed, stats.scanned, stats.reused, stats.unchanged) == (1, 0, 1, 6)
+        assert indexed_sites(ix, str(tree / "renamed.sys")) == expected_sites(
+            str(wine / "wineusb.sys")
+        )
+        assert ix.check() == []
+
+
+def test_identical_content_under_two_paths_is_scanned_once(wine: Path, tmp_path: Path) -> None:
+    a = copy_files([wine / "winebus.sys"], tmp_path / "a")[0]
+    b = copy_files([wine / "winebus.sys"], tmp_path / "b", rename={"winebus.sys": "copy.sys"})[0]
+    c = copy_files([wine / "usbd.sys"], tmp_path / "c")[0]
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        stats = ix.refresh([str(a), str(b), str(c)], jobs=1)
+        assert (stats.scanned, stats.reused) == (2, 1)
+        assert ix.stats().contents == 2
+        assert indexed_sites(ix, str(a)) == indexed_sites(ix, str(b)) != []
+        # Sites are stored once per content, reported once per path.
+        stored = ix.conn.execute("SELECT count(*) FROM sites").fetchone()[0]
+        assert stored == len(expected_sites(str(a))) + len(expected_sites(str(c)))
+        assert len(ix.sites_for_driver("winebus.sys")) == len(expected_sites(str(a)))
+
+
+def test_scanner_version_bump_rescans(tree: Path, tmp_path: Path, monkeypatch) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        ix.refresh(files, jobs=1)
+        monkeypatch.setattr(tagfind.scan, "SCANNER_VERSION", tagfind.scan.SCANNER_VERSION + 1)
+        stats = ix.refresh(files, jobs=1)
+        assert (stats.scanned, stats.unchanged) == (8, 0)
+        assert ix.stats().scanner_version == tagfind.scan.SCANNER_VERSION
+        assert ix.refresh(files, jobs=1).unchanged == 8
+
+
+def test_rebuild_rescans_everything(tree: Path, tmp_path: Path) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        ix.refresh(files, jobs=1)
+        stats = ix.refresh(files, rebuild=True, jobs=1)
+        assert (stats.scanned, stats.unchanged, stats.reused) == (8, 0, 0)
+        assert ix.check() == []
+
+
+def test_scanner_version_read_without_importing_the_scanner() -> None:
+    code = (
+        "import sys; from tagfind.index import current_scanner_version as v; n = v();"
+        " assert 'tagfind.scan' not in sys.modules; import tagfind.scan as s;"
+        " assert n == s.SCANNER_VERSION; print(n)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == tagfind.scan.SCANNER_VERSION
+
+
+# --- worker processes, time limits, damaged inputs ----------------------------------------
+
+
+def test_worker_processes_give_the_same_results(tree: Path, tmp_path: Path) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "one.sqlite3") as one, Index(tmp_path / "two.sqlite3") as two:
+        one.refresh(files, jobs=1)
+        stats = two.refresh(files, jobs=2)
+        assert stats.scanned == 8 and stats.failed == []
+        assert two.sites() == one.sites()
+        assert two.file_rows() == one.file_rows()
+
+
+def test_time_limit_in_worker_processes(tree: Path, tmp_path: Path) -> None:
+    files = listing(tree)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        # With no time at all, an answer that arrives before the parent looks is still taken
+        # (a tiny file may make it); ntoskrnl.exe (1.6 MB, ~40 ms) cannot.
+        stats = ix.refresh(files, jobs=2, timeout=0.0)
+        late = sorted(path for path, error in stats.failed if error == "timed out after 0 s")
+        assert stats.timed_out == len(late) and len(stats.failed) == len(late)
+        assert str(tree / "ntoskrnl.exe") in late and stats.scanned == 8
+        assert sorted(r.path for r in ix.file_rows() if r.error == "timed out after 0 s") == late
+        for path in set(files) - set(late):
+            assert indexed_sites(ix, path) == expected_sites(path)
+        assert ix.check() == []
+        # Remembered for the same limit; retried with a longer one.
+        assert ix.refresh(files, jobs=2, timeout=0.0).unchanged == 8
+        stats = ix.refresh(files, jobs=2, timeout=60)
+        assert (stats.scanned, stats.unchanged, stats.timed_out) == (len(late), 8 - len(late), 0)
+        assert {row.path for row in ix.sites(tags=[NONE_TAG])} == {
+            str(tree / n) for n in KERNEL_FILES
+        }
+        # A good result stands whatever the limit.
+        assert ix.refresh(files, jobs=2, timeout=0.0).unchanged == 8
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="in-process limit needs SIGALRM")
+def test_time_limit_in_process(tree: Path, tmp_path: Path) -> None:
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        stats = ix.refresh(listing(tree), jobs=1, timeout=1e-6)
+        assert stats.timed_out == 8
+        assert ix.check() == []
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL
+
+
+def test_damaged_files_are_counted_not_fatal(wine: Path, tmp_path: Path) -> None:
+    top = tmp_path / "tree"
+    good = copy_files([wine / "usbd.sys"], top)[0]
+    (top / "truncated.sys").write_bytes((wine / "winebus.sys").read_bytes()[:4096])
+    (top / "garbage.sys").write_bytes(os.urandom(5000))
+    (top / "empty.sys").write_bytes(b"")
+    files = listing(top)
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        stats = ix.refresh(files, jobs=2)  # more than a few: worker processes
+        failed = dict(stats.failed)
+        assert sorted(failed) == [
+            str(top / n) for n in ("empty.sys", "garbage.sys", "truncated.sys")
+        ]
+        assert all(failed.values())
+        assert indexed_sites(ix, str(good)) == expected_sites(str(good)) != []
+        errors = {row.path: row.error for row in ix.file_rows()}
+        assert errors[str(good)] is None and errors[str(top / "garbage.sys")]
+        assert ix.check() == []
+        assert ix.refresh(files, jobs=2).unchanged == 4  # not retried on every query
+
+
+def test_unreadable_and_vanished_files(wine: Path, tmp_path: Path) -> None:
+    top = tmp_path / "tree"
+    good, locked = copy_files([wine / "usbd.sys", wine / "winebus.sys"], top)
+    missing = str(top / "gone.sys")
+    locked.chmod(0)
+    try:
+        with Index(tmp_path / "ix.sqlite3") as ix:
+            stats = ix.refresh([str(good), str(locked), missing], jobs=1)
+            indexed = [row.path for row in ix.file_rows()]
+    finally:
+        locked.chmod(0o644)
+    assert missing not in indexed and str(good) in indexed
+    if os.geteuid() == 0:
+        # root reads through chmod 000: the file is simply indexed. The check below runs for
+        # ordinary users.
+        assert str(locked) in indexed
+        return
+    assert stats.failed == [(str(locked), "cannot read: Permission denied")]
+    assert str(locked) not in indexed
+
+
+# --- damaged or unusable index files -------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty-schema", "other-version"])
+def test_damaged_index_is_rebuilt_with_a_warning(tree: Path, tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "ix.sqlite3"
+    files = listing(tree)
+    with Index(path) as ix:
+        ix.refresh(files, jobs=1)
+        reference = ix.sites()
+    if damage == "garbage":
+        path.write_bytes(os.urandom(100_000))
+    elif damage == "truncated":
+        with open(path, "r+b") as handle:
+            handle.truncate(path.stat().st_size // 2)
+    elif damage == "empty-schema":
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TABLE sites")
+        conn.close()
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+        conn.commit()
+        conn.close()
+    with Index(path) as ix:
+        stats = ix.refresh(files, jobs=1)
+        assert len(ix.warnings) == 1
+        warning = ix.warnings[0]
+        assert "\n" not in warning and "rebuilt" in warning and str(path) in warning
+        assert stats.scanned == 8
+        assert ix.sites() == reference
+        assert ix.check() == []
+    assert path.with_name(path.name + ".damaged").exists()
+    with Index(path) as ix:
+        assert ix.warnings == []
+
+
+def test_unusable_index_location_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(IndexUnavailable) as caught:
+        Index(blocker / "ix.sqlite3")
+    assert "\n" not in str(caught.value) and str(blocker) in str(caught.value)
+
+
+def test_full_disk_is_index_unavailable(wine: Path, tmp_path: Path) -> None:
+    files = [str(p) for p in bigger_tree(wine, tmp_path / "tree", 30)]
+    with Index(tmp_path / "ix.sqlite3") as ix:
+        # SQLite's own page limit gives exactly the error a full disk gives (SQLITE_FULL).
+        pages = ix.conn.execute("PRAGMA page_count").fetchone()[0]
+        ix.conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(IndexUnavailable, match="full") as caught:
+            ix.refresh(files, jobs=1)
+        assert "\n" not in str(caught.value)
+        ix.conn.execute("PRAGMA max_page_count = 1000000")
+        assert ix.check() == []
+        assert ix.refresh(files, jobs=1).scanned == len(files)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_cache_dir_is_index_unavailable(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(IndexUnavailable):
+            Index(ro / "ix.sqlite3")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_default_index_path(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TAGFIND_INDEX", str(tmp_path / "x.sqlite3"))
+    assert default_index_path() == tmp_path / "x.sqlite3"
+    monkeypatch.delenv("TAGFIND_INDEX")
+    path = default_index_path()
+    assert path.name == "index.sqlite3" and "tagfind" in str(path)
+
+
+# --- several processes ---------------------------------------------------------------------
+
+REFRESH_SCRIPT = """
+import json, sys
+import tagfind.index
+from tagfind.index import Index
+index_path, list_path, jobs, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+tagfind.index.BATCH_FILES = batch  # small batches: more states a kill can land in
+with open(list_path) as handle:
+    files = json.load(handle)
+with Index(index_path) as ix:
+    stats = ix.refresh(files, jobs=jobs, progress=False)
+    print(json.dumps({"scanned": stats.scanned, "reused": stats.reused,
+                      "unchanged": stats.unchanged, "failed": stats.failed,
+                      "warnings": ix.warnings}))
+"""
+
+
+def start_refresh(index: Path, files: list[str], tmp_path: Path, jobs: int = 2, batch: int = 64):
+    list_path = tmp_path / f"list-{random.randrange(1 << 30)}.json"
+    list_path.write_text(json.dumps(files))
+    return subprocess.Popen(
+        [sys.executable, "-c", REFRESH_SCRIPT, str(index), str(list_path), str(jobs), str(batch)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: we can see its workers end
+    )
+
+
+def site_counts(ix: Index) -> dict[str, int]:
+    rows = ix.conn.execute("SELECT sha256, site_count FROM contents")
+    return dict(rows.fetchall())
+
+
+def bigger_tree(wine: Path, top: Path, count: int = 60) -> list[Path]:
+    """The kernel files and `count` mid-sized user-mode files: a build of a second or two."""
+    middle = smallest_pe_files(wine, 400, exclude=KERNEL_FILES)[-count:]
+    return copy_files([wine / n for n in KERNEL_FILES] + middle, top)
+
+
+def test_two_processes_refreshing_at_once(wine: Path, tmp_path: Path) -> None:
+    files = [str(p) for p in bigger_tree(wine, tmp_path / "tree", 40)]
+    with Index(tmp_path / "reference.sqlite3") as ref:
+        ref.refresh(files, jobs=1)
+        reference = ref.sites()
+    index = tmp_path / "shared.sqlite3"  # not there yet: both create it
+    procs = [start_refresh(index, files, tmp_path) for _ in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        result = json.loads(out)
+        assert result["failed"] == [] and result["warnings"] == []
+    with Index(index) as ix:
+        assert ix.warnings == [] and ix.check() == []
+        assert [row.path for row in ix.file_rows()] == sorted(files)
+        assert ix.sites() == reference  # nothing lost, nothing twice
+        assert ix.refresh(files, jobs=1).unchanged == len(files)
+
+
+def test_kill_during_build_leaves_old_or_new_content(wine: Path, tmp_path: Path) -> None:
+    top = tmp_path / "tree"
+    old_files = [str(p) for p in bigger_tree(wine, top)]
+    base = tmp_path / "old.sqlite3"
+    with Index(base) as ix:
+        ix.refresh(old_files, jobs=1)
+        counts = site_counts(ix)
+    old_sha = {path: sha256_of(path) for path in old_files}
+
+    # The new state: renamed, rewritten with unseen content, removed, added files.
+    names = sorted(os.listdir(top))
+    unseen = smallest_pe_files(wine, 480)[400:]
+    for name in names[:5]:
+        os.rename(top / name, top / f"renamed-{name}")
+    for name, source in zip(names[5:30], unseen[:25], strict=True):
+        shutil.copyfile(source, top / name)
+    for name in names[30:35]:
+        (top / name).unlink()
+    copy_files(unseen[25:], top / "added")
+    new_files = listing(top)
+    new_sha = {path: sha256_of(path) for path in new_files}
+    with Index(tmp_path / "new.sqlite3") as ix:
+        ix.refresh(new_files, jobs=1)
+        counts.update(site_counts(ix))
+        reference_new = ix.sites()
+
+    index = tmp_path / "ix.sqlite3"
+
+    def restore_old() -> None:
+        for suffix in ("-wal", "-shm"):
+            Path(f"{index}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(base, index)
+
+    # How long an uninterrupted refresh takes here, to kill inside that window.
+    restore_old()
+    started = time.monotonic()
+    proc = start_refresh(index, new_files, tmp_path, batch=3)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    window = time.monotonic() - started
+
+    rng = random.Random(int(os.environ.get("TAGFIND_TEST_SEED", "0")) or None)
+    states = []
+    for _ in range(5):
+        restore_old()
+        proc = start_refresh(index, new_files, tmp_path, batch=3)
+        time.sleep(rng.uniform(0.4, 1.0) * window)
+        proc.kill()  # SIGKILL to the refresh process only: its workers must notice and go
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        assert_group_ends(proc.pid)
+        states.append(check_old_or_new(index, old_sha, new_sha, counts))
+    print("rows pointing at (old, new) content after each kill:", states)
+
+    with Index(index) as ix:
+        ix.refresh(new_files, jobs=2)
+        assert [row.path for row in ix.file_rows()] == new_files
+        assert ix.sites() == reference_new
+        assert ix.check() == []
+
+
+def assert_group_ends(pgid: int, seconds: float = 30.0) -> None:
+    """Orphaned worker processes exit on their own once their parent is gone."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail("worker processes outlived the killed refresh")
+
+
+def check_old_or_new(index: Path, old_sha: dict, new_sha: dict, counts: dict) -> tuple:
+    with Index(index) as ix:
+        assert ix.warnings == [] and ix.check() == []
+        old = new = 0
+        for row in ix.file_rows():
+            assert row.sha256 in (old_sha.get(row.path), new_sha.get(row.path)), row.path
+            old += row.sha256 == old_sha.get(row.path)
+            new += row.sha256 == new_sha.get(row.path)
+        for sha, n in site_counts(ix).items():
+            assert counts[sha] == n
+        stored = ix.conn.execute("SELECT sha256, count(*) FROM sites GROUP BY sha256")
+        assert all(counts[sha] == n for sha, n in stored)
+    return old, new
+
+
+# --- pieces --------------------------------------------------------------------------------
+
+TAG_BYTES = st.sampled_from([0x20, 0x2A, 0x3F, 0x41, 0x5B, 0x5C, 0x5D, 0x61, 0x00, 0xFF])
+
+
+@given(
+    tag=st.lists(TAG_BYTES, min_size=4, max_size=4),
+    pattern=st.text(alphabet="A a*?[]\\x5b", min_size=1, max_size=6),
+)
+def test_sqlite_glob_agrees_with_pattern_matches(tag: list[int], pattern: str) -> None:
+    shown = tag_to_str(int.from_bytes(bytes(tag), "little"))
+    conn = sqlite3.connect(":memory:")
+    (matched,) = conn.execute("SELECT ? GLOB ?", (shown, sqlite_glob(pattern))).fetchone()
+    assert bool(matched) == pattern_matches(pattern, shown)
+
+
+def test_unsigned_64_bit_values_round_trip() -> None:
+    for value in (0, 1, 2**31, 2**63 - 1, 2**63, 2**64 - 1):
+        assert index_mod._from_i64(index_mod._to_i64(value)) == value
