@@ -43,13 +43,18 @@ from collections.abc import Callable
 import capstone
 import numpy as np
 
-from ..apis import POOL_APIS
+from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
 from .frames import FrameLayout, drop_below, narrow, read_stack, write_stack
 
 MASK32 = 0xFFFFFFFF
 MAX_SLOTS = 10  # argument slots read at a call: enough for every API in apis.py
+# Registers a local callee may take arguments in: fastcall/thiscall (ecx, edx) and the custom
+# conventions of whole-program optimisation. Compiled code never reads an incoming register
+# as a value unless it is an argument, so at function entry they are "arguments" numbered
+# after the stack slots, and a call to a local function passes their values there.
+REG_ARGS = ("ecx", "edx", "eax", "ebx", "esi", "edi")
 VOLATILE = ("eax", "ecx", "edx")
 LAYOUT = FrameLayout(arg_base=4, slot=4, first_stack_arg=0, word_bits=32)
 EPOCH_SPAN = 1 << 24  # offsets of one epoch stay within +-16 MB of its base: no overlap
@@ -60,8 +65,10 @@ WIDE_ARGS: dict[str, tuple[int, ...]] = {
     "ExAllocatePool3": (0,),
 }
 
-# Number of C arguments of each pool API (WDK prototypes). The callee pops 4 bytes per
+# Number of C arguments of each pool API import (WDK prototypes). The callee pops 4 bytes per
 # argument (8 for WIDE_ARGS): they are all NTAPI/NDIS_API/FLTAPI = __stdcall on x86.
+# (StorPortAllocatePool is not an import: storport.h inlines it into the cdecl
+# StorPortExtendedFunction, listed with the caller-cleaned imports below.)
 POOL_API_ARGC: dict[str, int] = {
     "ExAllocatePoolWithTag": 3,
     "ExAllocatePoolWithQuotaTag": 3,
@@ -73,7 +80,6 @@ POOL_API_ARGC: dict[str, int] = {
     "NdisAllocateMemoryWithTag": 3,
     "NdisAllocateMemoryWithTagPriority": 4,
     "FltAllocatePoolAlignedWithTag": 4,
-    "StorPortAllocatePool": 4,
     "ExFreePoolWithTag": 2,
     "ExFreePool2": 4,
     "NdisFreeMemoryWithTag": 2,
@@ -93,7 +99,8 @@ OTHER_IMPORT_POPS: dict[str, int] = {
     **dict.fromkeys(
         ("DbgPrint", "DbgPrintEx", "memcpy", "memmove", "memset", "memcmp", "strlen", "wcslen",
          "strcmp", "wcscmp", "strncmp", "wcsncmp", "_stricmp", "_wcsicmp", "_snprintf",
-         "_snwprintf", "sprintf", "swprintf", "_vsnprintf", "_vsnwprintf"), 0),
+         "_snwprintf", "sprintf", "swprintf", "_vsnprintf", "_vsnwprintf",
+         "StorPortExtendedFunction", "StorPortNotification", "StorPortDebugPrint"), 0),
     **dict.fromkeys(
         ("IofCallDriver", "IofCompleteRequest", "ObfReferenceObject", "ObfDereferenceObject",
          "KfAcquireSpinLock", "KfReleaseSpinLock", "KfRaiseIrql", "KfLowerIrql",
@@ -206,7 +213,9 @@ class X86Semantics:
     # --- states -----------------------------------------------------------------------------
     @staticmethod
     def entry_state() -> State:
-        return State({"esp": ("sp", 0)}, {}, fresh=True)
+        regs: dict[str, Value] = {reg: ("arg", MAX_SLOTS + i) for i, reg in enumerate(REG_ARGS)}
+        regs["esp"] = ("sp", 0)
+        return State(regs, {}, fresh=True)
 
     @staticmethod
     def unknown_state() -> State:
@@ -481,14 +490,19 @@ class X86Semantics:
     def call_args(self, state: State, insn: Insn, target: Value | None,
                   tail: bool) -> list[Value | None]:
         """Argument values at a call (tail=True: at a jmp that leaves the function, where the
-        arguments sit above the return address). Local callees get one value per stack slot;
-        imports get one per C argument (a ULONG64 spans two slots: low dword first)."""
+        arguments sit above the return address). Local callees get one value per stack slot,
+        then the REG_ARGS registers; imports get one per C argument (a ULONG64 spans two
+        slots: low dword first)."""
         sp = self._esp(state, insn, establish=False)
         if sp is None:
-            return [None] * MAX_SLOTS
-        base = sp + (4 if tail else 0)
-        slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
-        wide = WIDE_ARGS.get(self.api_name(target) or "", ())
+            slots: list[Value | None] = [None] * MAX_SLOTS
+        else:
+            base = sp + (4 if tail else 0)
+            slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
+        name = self.api_name(target)
+        if name is None:
+            return slots + [state.regs.get(reg) for reg in REG_ARGS]
+        wide = WIDE_ARGS.get(name, ())
         if not wide:
             return slots
         args: list[Value | None] = []
@@ -558,12 +572,17 @@ class X86Backend:
     def __init__(self, image) -> None:
         self.image = image
         self.base = image.image_base
-        self.api_slots = {slot: name for slot, name in image.imports.items() if name in POOL_APIS}
+        self.api_slots = {
+            slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
+        }
         self.md = make_decoder()
         self.semantics = X86Semantics(image, self.callee_pops, self.thunk_api)
         self.regions: dict[int, tuple[int, bool]] = {}  # start -> (end, fresh)
-        self._local_apis = {rva: name for rva, name in image.exports.items() if name in POOL_APIS}
+        self._local_apis = {
+            rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
+        }
         self._thunks: dict[int, str] = {}  # every `jmp [IAT]` stub -> import name
+        self._jump_slots: dict[int, int] = {}  # every `jmp [IAT]` -> IAT slot
         self._abs_hits: list[int] = []
         self._call_src = np.zeros(0, dtype=np.int64)
         self._call_dst = np.zeros(0, dtype=np.int64)
@@ -571,6 +590,7 @@ class X86Backend:
         self._e8_dst = np.zeros(0, dtype=np.int64)
         self._pops: dict[int, int | None] = {}
         self._scan_code()
+        self._classify_jumps()
         self.starts = self._function_starts()
 
     # --- byte-pattern pass ------------------------------------------------------------------
@@ -622,13 +642,23 @@ class X86Backend:
         slot = va - self.base
         rva = section.rva + disp_offset
         if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
-            name = self.image.imports[slot]
-            self._thunks[rva - 2] = name
-            if slot in self.api_slots:
-                self._local_apis.setdefault(rva - 2, name)
-            return
+            self._jump_slots[rva - 2] = slot  # a thunk or a tail call: _classify_jumps decides
         if slot in self.api_slots:
             self._abs_hits.append(rva)
+
+    def _classify_jumps(self) -> None:
+        """`jmp [IAT]` is the linker's import thunk when something calls it (E8) or when it
+        stands alone: after padding, a ret, another thunk or at the start of the section (lld
+        keeps thunks nobody calls). Otherwise it is a tail call inside a function
+        (`if (p) ExFreePoolWithTag(p, tag);` in a stdcall function with the API's arguments)."""
+        calls = set(self._e8_dst.tolist())
+        for rva in sorted(self._jump_slots):
+            slot = self._jump_slots[rva]
+            if rva in calls or self._after_boundary(rva) or rva - 6 in self._thunks:
+                name = self.image.imports[slot]
+                self._thunks[rva] = name
+                if slot in self.api_slots:
+                    self._local_apis.setdefault(rva, name)
 
     # --- function starts --------------------------------------------------------------------
     def _function_starts(self) -> np.ndarray:
@@ -743,9 +773,10 @@ class X86Backend:
         if len(thunks):
             rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
         out = []
+        thunk_disps = {rva + 2 for rva in self._local_apis}
         for rva in rvas:
-            if rva in self._local_apis:
-                continue
+            if rva in thunk_disps:
+                continue  # the thunk itself
             function = self.function_of(rva)
             if function is not None:
                 out.append(function)
@@ -796,7 +827,7 @@ class X86Backend:
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
-        converged = run(insns, entry, sem.transfer, sem.flow, sem.unknown_state, observe)
+        converged = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(), observe)
         if not converged:
             events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
                       for e in events]

