@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,23 +220,32 @@ def _scanner_version_from_source() -> int | None:
 
 
 def _guarded(method):
-    """Query methods: damage found while reading moves the file aside (the next run rebuilds
-    it) and, like an unusable file, becomes IndexUnavailable with one line."""
+    """Query methods: damage found while reading is rebuilt at once when this Index has been
+    refreshed (the file list is known: the query then runs again, with a warning); otherwise
+    the file is moved aside for the next run to rebuild, and IndexUnavailable says so."""
 
     @functools.wraps(method)
     def guarded(self: Index, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if _is_damage(exc):
+            if _is_unavailable(exc):
+                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+            if not _is_damage(exc):
+                raise
+            if self._last_refresh is None:
                 self._move_aside()
                 raise IndexUnavailable(
                     f"index {self.path} is damaged ({_one_line(exc)}): moved aside,"
                     " the next run rebuilds it"
                 ) from None
-            if _is_unavailable(exc):
-                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
-            raise
+            self._rebuild_after(exc)
+            files, jobs, timeout, progress = self._last_refresh
+            self.refresh(files, jobs=jobs, timeout=timeout, progress=progress)
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
 
     return guarded
 
@@ -253,6 +261,7 @@ class Index:
         self.path = Path(path) if path is not None else default_index_path()
         self.warnings: list[str] = []
         self._conn: sqlite3.Connection | None = None
+        self._last_refresh: tuple | None = None  # (files, jobs, timeout, progress)
         self._open()
 
     def __enter__(self) -> Index:
@@ -362,7 +371,9 @@ class Index:
         drop paths not listed. `rebuild` rescans everything. Scans run in `jobs` worker
         processes (default: all cores; 1 scans in this process), each file limited to
         `timeout` seconds. A progress bar goes to stderr when it is a terminal (progress=None).
+        A damaged index file found on the way is rebuilt (see `warnings`).
         """
+        self._last_refresh = (list(files), jobs, timeout, progress)
         try:
             return _Refresh(self, files, rebuild, jobs, timeout, progress).run()
         except sqlite3.DatabaseError as exc:
@@ -575,6 +586,8 @@ class _Refresh:
 
     def _hash_all(self, pending: list[_Pending]) -> set[str]:
         """Hash the pending files (sets .sha256). Returns the paths that vanished meanwhile."""
+        from concurrent.futures import ThreadPoolExecutor  # here: a warm refresh needs none
+
         gone: set[str] = set()
         # hashlib releases the GIL on large buffers: threads hash in parallel.
         with _bar(self.progress, len(pending), "hashing") as bar:
@@ -968,11 +981,14 @@ class _Worker:
 
 
 def _worker_env() -> dict[str, str]:
-    """The environment for a worker: ours, with this tagfind's directory first on the path
-    (so a source checkout that is not installed works too)."""
+    """The environment for a worker: ours, plus this tagfind's directory on PYTHONPATH when
+    it is not on the default path (a source checkout run in place). Never site-packages:
+    PYTHONPATH goes before the standard library and could shadow it."""
     env = dict(os.environ)
     here = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    on_path = {os.path.normcase(os.path.abspath(p)) for p in sys.path if p}
+    if os.path.normcase(here) not in on_path:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
     return env
 
 

@@ -354,6 +354,44 @@ def test_damaged_index_is_rebuilt_with_a_warning(tree: Path, tmp_path: Path, dam
         assert ix.warnings == []
 
 
+def test_damage_inside_the_index_never_escapes_as_a_sqlite_error(tree: Path, tmp_path: Path):
+    """Garbage over one page at a time: a refresh and its queries either work or rebuild with a
+    warning and then answer correctly; never a raw sqlite3 error. A query without a refresh
+    before it cannot rebuild: it says IndexUnavailable in one line and moves the file aside."""
+    path = tmp_path / "ix.sqlite3"
+    files = listing(tree)
+    with Index(path) as ix:
+        ix.refresh(files, jobs=1)
+        reference = ix.sites()
+        page = ix.conn.execute("PRAGMA page_size").fetchone()[0]
+    pristine = path.read_bytes()
+    rng = random.Random(7)
+    outcomes = []
+    for n in range(1, len(pristine) // page):  # page 0 (the header) is the garbage case
+        damaged = bytearray(pristine)
+        damaged[n * page : (n + 1) * page] = rng.randbytes(page)
+        path.write_bytes(bytes(damaged))
+        with Index(path) as ix:
+            ix.refresh(files, jobs=1)
+            assert ix.sites(tags=[NONE_TAG]) == [r for r in reference if r.tag == NONE_TAG]
+            winebus = [r for r in reference if r.path.endswith("winebus.sys")]
+            assert ix.sites_for_driver("winebus.sys") == winebus
+            assert len(ix.file_rows()) == 8 and ix.stats().files == 8
+            assert ix.sites() == reference
+            assert ix.check() == []
+            assert all("\n" not in w and "rebuilt" in w for w in ix.warnings)
+            outcomes.append(len(ix.warnings))
+
+        path.write_bytes(bytes(damaged))
+        try:
+            with Index(path) as ix:
+                assert ix.sites() == reference or ix.warnings
+        except IndexUnavailable as exc:
+            assert "\n" not in str(exc) and "moved aside" in str(exc)
+            assert not path.exists()
+    print("warnings per damaged page:", outcomes)
+
+
 def test_unusable_index_location_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
