@@ -233,6 +233,13 @@ def _read_file(path: str) -> bytes:
 def _check_complete(pe: pefile.PE, data: bytes) -> None:
     """Refuse truncated files and directories that point outside the image: both happen with
     half-written updates and crafted files, and scanning them would report partial truth."""
+    table_end = (pe.DOS_HEADER.e_lfanew + 24 + pe.FILE_HEADER.SizeOfOptionalHeader
+                 + 40 * pe.FILE_HEADER.NumberOfSections)
+    if table_end > len(data):
+        # pefile silently drops the sections it cannot read: the image would look empty.
+        raise PEError("truncated file: the section table ends past the end of the file")
+    if pe.FILE_HEADER.NumberOfSections and not pe.sections:
+        raise PEError("damaged PE: no readable section")
     for sec in pe.sections:
         if sec.SizeOfRawData and sec.PointerToRawData + sec.SizeOfRawData > len(data):
             name = sec.Name.rstrip(b"\0").decode("latin-1")

@@ -48,10 +48,25 @@ def scan_image(image: PEImage, result: ScanResult) -> None:
         result.error = f"unsupported machine type 0x{image.machine:04x}"
         return
     finder = SiteFinder(backend)
-    result.sites = finder.run()
+    result.sites = _unique_sites(finder.run())
     result.functions_analysed = len(finder.events)
     if finder.truncated:
         result.notes.append("analysis budget reached: results are partial")
+
+
+def _unique_sites(sites: list[Site]) -> list[Site]:
+    """One site per call instruction. Without .pdata (stripped or damaged) the backends may
+    analyse overlapping regions that each report the same call; keep the reading from the
+    nearest function start, preferring one whose tag is known."""
+    best: dict[tuple[int, str], Site] = {}
+    for site in sites:
+        key = (site.rva, site.api)
+        old = best.get(key)
+        if old is None or (old.tag is None, -(old.function or 0)) > (
+            site.tag is None, -(site.function or 0)
+        ):
+            best[key] = site
+    return sorted(best.values(), key=lambda s: (s.rva, s.api))
 
 
 def scan_file(path: str | os.PathLike[str], data: bytes | None = None) -> ScanResult:
