@@ -22,6 +22,7 @@ in front of branch and adrp targets. Operands are parsed so that both spellings 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import capstone
 import numpy as np
@@ -99,10 +100,18 @@ def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
     return out
 
 
-def _operands(op_str: str) -> list[str]:
-    return [part.strip() for part in _SPLIT.split(op_str)] if op_str else []
+@lru_cache(maxsize=1 << 16)
+def _operands(op_str: str) -> tuple[str, ...]:
+    """Operands split at top-level commas (memory operands and register lists stay whole).
+    Cached: the same operand strings recur thousands of times in one image."""
+    if not op_str:
+        return ()
+    if "[" not in op_str and "{" not in op_str:
+        return tuple(part.strip() for part in op_str.split(","))
+    return tuple(part.strip() for part in _SPLIT.split(op_str))
 
 
+@lru_cache(maxsize=1 << 16)
 def _imm(text: str) -> int | None:
     """An immediate, with or without '#' (capstone 6 drops it on addresses)."""
     text = text.strip()
@@ -116,7 +125,7 @@ def _imm(text: str) -> int | None:
         return None
 
 
-def _shift(ops: list[str], index: int) -> int | None:
+def _shift(ops: tuple[str, ...], index: int) -> int | None:
     """The `lsl #n` operand at index (0 when absent), None for another shift/extend."""
     if len(ops) <= index:
         return 0
@@ -206,7 +215,7 @@ class Arm64Semantics:
                     return int.from_bytes(raw, "little")
         return None
 
-    def _writeback(self, state: State, ops: list[str], mem_index: int) -> None:
+    def _writeback(self, state: State, ops: tuple[str, ...], mem_index: int) -> None:
         """Pre-index `[xN, #off]!` and post-index `[xN], #off` update the base register."""
         mem = ops[mem_index]
         inner = mem.strip().rstrip("!").strip()[1:-1]
@@ -278,7 +287,7 @@ class Arm64Semantics:
             if mnem.startswith("ldp") or mnem.startswith("ldxp") or mnem.startswith("ldaxp"):
                 self.set(state, ops[1], None)
 
-    def _alu(self, state: State, mnem: str, ops: list[str]) -> None:
+    def _alu(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
         a = self.operand(state, ops[1])
         b = self.operand(state, ops[2])
         shift = _shift(ops, 3)
@@ -296,10 +305,10 @@ class Arm64Semantics:
         else:
             self.set(state, ops[0], None)
 
-    def _mem_index(self, ops: list[str]) -> int | None:
+    def _mem_index(self, ops: tuple[str, ...]) -> int | None:
         return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
 
-    def _load_insn(self, state: State, mnem: str, ops: list[str]) -> None:
+    def _load_insn(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
         mem = self._mem_index(ops)
         dests = ops[:2] if mnem.startswith("ldp") else ops[:1]
         if mem is None:
@@ -323,7 +332,7 @@ class Arm64Semantics:
         if ops[mem].endswith("!") or mem + 1 < len(ops):
             self._writeback(state, ops, mem)
 
-    def _store_insn(self, state: State, mnem: str, ops: list[str]) -> None:
+    def _store_insn(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
         mem = self._mem_index(ops)
         if mem is None:
             return
