@@ -285,3 +285,106 @@ def test_random_damage_never_raises(tmp_path, built, data):
     damaged = tmp_path / "fuzz.sys"
     damaged.write_bytes(bytes(buf[:cut]))
     assert isinstance(scan_file(str(damaged)), ScanResult)
+
+
+# -- semantics on hand-written instruction sequences ---------------------------------------------
+
+
+class _Image:
+    """Just enough of a PEImage for the semantics: three IAT slots, no data."""
+
+    image_base = 0x10000000
+    size_of_image = 0x10000
+    imports = {0x2000: "ExAllocatePoolWithTag", 0x2004: "ExAllocatePool2", 0x2008: "KeDelay"}
+
+    @staticmethod
+    def is_readonly_data(_rva):
+        return False
+
+
+def _calls(program: list[tuple[str, str]], pops=None, odd=()) -> list[tuple]:
+    """Run the x86 semantics over a straight-line program from a function entry; return
+    (target, args) at each call."""
+    from tagfind.scan.dataflow import Insn, State, run
+    from tagfind.scan.x86 import X86Semantics
+
+    def callee_pops(target):
+        if isinstance(target, tuple):
+            return import_pops(target[1])
+        return (pops or {}).get(target)
+
+    sem = X86Semantics(_Image(), callee_pops, lambda _rva: None, lambda t: t in odd)
+    insns = [Insn(0x1000 + 8 * i, 8, m, o) for i, (m, o) in enumerate(program)]
+    seen = []
+
+    def observe(state, insn):
+        if insn.mnemonic == "call":
+            target = sem.call_target(state, insn)
+            seen.append((target, tuple(sem.call_args(state, insn, target, tail=False))))
+
+    assert run(insns, sem.entry_state(), sem.transfer, sem.flow, lambda _a: State(), observe)
+    return seen
+
+
+ALLOC_IAT = "dword ptr [0x10002000]"
+
+
+def test_pushed_arguments_with_pushes_in_between():
+    calls = _calls([
+        ("push", "0x74736554"),       # tag
+        ("push", "dword ptr [esp + 0xc]"),  # size: the caller's argument 1 (esp moved by 4)
+        ("push", "esi"), ("pop", "ecx"),   # unrelated push/pop between the arguments
+        ("push", "0x200"),            # pool
+        ("call", ALLOC_IAT),
+    ])
+    (target, args), = calls
+    assert target == ("imp", "ExAllocatePoolWithTag")
+    assert args[:3] == (0x200, ("arg", 1), 0x74736554)
+
+
+def test_mov_stored_arguments_survive_a_known_stdcall():
+    calls = _calls([
+        ("sub", "esp, 0xc"),
+        ("mov", "dword ptr [esp + 8], 0x31676154"), ("mov", "dword ptr [esp + 4], 0x10"),
+        ("mov", "dword ptr [esp], 0"), ("call", ALLOC_IAT),
+        ("sub", "esp, 0xc"),  # GCC re-reserves what the stdcall callee popped
+        ("mov", "dword ptr [esp + 8], 0x32676154"), ("mov", "dword ptr [esp + 4], 0x20"),
+        ("mov", "dword ptr [esp], 1"), ("call", ALLOC_IAT),
+    ])
+    assert [args[:3] for _, args in calls] == [(0, 0x10, 0x31676154), (1, 0x20, 0x32676154)]
+
+
+def test_unknown_stack_effect_rebases_esp_at_the_next_push():
+    calls = _calls([
+        ("push", "dword ptr [esp + 4]"), ("call", "dword ptr [0x10002008]"),  # pops: unknown
+        ("push", "0x41676154"), ("push", "0x30"), ("push", "0"), ("call", ALLOC_IAT),
+        ("push", "dword ptr [esp + 0x10]"),  # esp known again: relative to the epoch, unknown
+        ("call", ALLOC_IAT),
+    ])
+    assert calls[1][1][:3] == (0, 0x30, 0x41676154)
+    assert calls[2][1][0] is None
+
+
+def test_pool2_flags_take_two_slots():
+    calls = _calls([
+        ("push", "0x32506f50"), ("push", "0x40"), ("push", "0"), ("push", "0x100"),
+        ("call", "dword ptr [0x10002004]"),
+    ])
+    (target, args), = calls
+    assert target == ("imp", "ExAllocatePool2") and args[:3] == (0x100, 0x40, 0x32506f50)
+
+
+def test_call_next_instruction_reads_eip():
+    calls = _calls([
+        ("push", "0x43697045"), ("call", "0x1010"), ("pop", "ebx"),  # call $+8 in this layout
+        ("push", "8"), ("push", "1"), ("call", ALLOC_IAT),
+    ])
+    assert calls[-1][1][:3] == (1, 8, 0x43697045)
+
+
+def test_frame_moving_callee_forgets_ebp():
+    program = [("push", "ebp"), ("mov", "ebp, esp"), ("call", "0x4000"),
+               ("push", "0x70656257"), ("push", "dword ptr [ebp + 8]"), ("push", "0"),
+               ("call", ALLOC_IAT)]
+    assert _calls(program, pops={0x4000: 0})[-1][1][1] == ("arg", 0)
+    assert _calls(program, odd={0x4000})[-1][1][1] is None

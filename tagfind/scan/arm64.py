@@ -412,7 +412,7 @@ def _reg_width(reg: str, mnem: str) -> int:
 
 # --- backend: candidates by instruction-word patterns, then per-function analysis -------------
 REGION_CAP = 0x4000  # how far back from a site we decode when no .pdata entry bounds it
-ADRP_WINDOW = 32  # instructions after an ADRP in which its LDR of the IAT slot must appear
+ADRP_LOOKBACK = 1024  # instructions before an LDR of an IAT slot in which its ADRP may sit
 
 
 def _sext(value: np.ndarray, bits: int) -> np.ndarray:
@@ -514,17 +514,22 @@ class Arm64Backend:
             or prev & 0xFC000000 == 0x14000000  # after ret, br or b: a new piece of code
 
     def _adrp_candidates(self, w, is_ldr, ai, page, rd, pool_slots, pc) -> None:
-        n = len(w)
-        found = np.zeros(len(ai), dtype=bool)
-        for d in range(1, ADRP_WINDOW + 1):
-            j = ai + d
-            ok = j < n
-            jj = np.where(ok, j, 0)
-            word = w[jj]
-            slot = page + ((word >> 10) & 0xFFF) * 8
-            hit = ok & is_ldr[jj] & (((word >> 5) & 31) == rd) & np.isin(slot, pool_slots)
-            found |= hit
-        self._adrp_hits.extend(pc[ai[found]].tolist())
+        """LDRs whose offset is a pool slot's offset in its page, where the nearest ADRP before
+        them into the LDR's base register (within ADRP_LOOKBACK: compilers hoist the ADRP
+        and share it between loads, so the distance is not fixed) is of that page."""
+        li = np.flatnonzero(is_ldr)
+        offset = ((w[li] >> 10) & 0xFFF) * 8
+        li = li[np.isin(offset, np.unique(pool_slots & 0xFFF))]
+        slots = set(pool_slots.tolist())
+        for j in li.tolist():
+            lo = int(np.searchsorted(ai, j - ADRP_LOOKBACK))
+            hi = int(np.searchsorted(ai, j))
+            if lo == hi:
+                continue
+            word = int(w[j])
+            same = np.flatnonzero(rd[lo:hi] == ((word >> 5) & 31))
+            if len(same) and int(page[lo + same[-1]]) + ((word >> 10) & 0xFFF) * 8 in slots:
+                self._adrp_hits.append(int(pc[j]))
 
     @staticmethod
     def _find_thunks(w, is_ldr, ai, page, rd, all_slots, pc) -> list[tuple[int, int]]:
@@ -552,8 +557,8 @@ class Arm64Backend:
             rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
         out = []
         for rva in rvas:
-            if rva in self._local_apis:
-                continue  # the thunk itself
+            if rva in self._local_apis or rva - 4 in self._thunks:
+                continue  # the thunk itself (its bl/b callers are candidates instead)
             function = self.function_of(rva)
             if function is not None:
                 out.append(function)

@@ -199,16 +199,20 @@ def epoch_base(address: int) -> int:
 class X86Semantics:
     """Transfer function and call resolution for one image's 32-bit x86 code.
 
-    `callee_pops(target)` answers how many bytes a call target pops (None: unknown); the
-    backend supplies it because it needs to decode the callee."""
+    `callee_pops(target)` answers how many bytes a call target pops (None: unknown) and
+    `moves_frame(target)` whether it moves esp in ways we do not follow (then it may set ebp
+    too, as MSVC's __SEH_prolog4 does); the backend supplies both because they need to decode
+    the callee."""
 
     def __init__(self, image, callee_pops: Callable[[Value | None], int | None],
-                 thunk_api: Callable[[int], str | None]) -> None:
+                 thunk_api: Callable[[int], str | None],
+                 moves_frame: Callable[[Value | None], bool] = lambda _target: False) -> None:
         self.image = image
         self.base = image.image_base
         self.imports = image.imports  # IAT slot RVA -> API name (all: stack effects need them)
         self.callee_pops = callee_pops
         self.thunk_api = thunk_api
+        self.moves_frame = moves_frame
 
     # --- states -----------------------------------------------------------------------------
     @staticmethod
@@ -404,9 +408,18 @@ class X86Semantics:
 
     def _call(self, state: State, insn: Insn) -> None:
         sp = self._esp(state, insn, establish=False)
-        pops = self.callee_pops(self.call_target(state, insn))
+        target = self.call_target(state, insn)
+        if target == insn.next:
+            # `call $+5; pop reg` reads eip: only the return address stays on the stack.
+            if sp is not None:
+                state.regs["esp"] = ("sp", sp - 4)
+                write_stack(state, LAYOUT, sp - 4, 4, None)
+            return
+        pops = self.callee_pops(target)
         for reg in VOLATILE:
             state.regs.pop(reg, None)
+        if self.moves_frame(target):
+            state.regs.pop("ebp", None)  # __SEH_prolog4 sets the caller's ebp itself
         if sp is None:
             return
         if pops is None:
@@ -576,7 +589,7 @@ class X86Backend:
             slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
         }
         self.md = make_decoder()
-        self.semantics = X86Semantics(image, self.callee_pops, self.thunk_api)
+        self.semantics = X86Semantics(image, self.callee_pops, self.thunk_api, self.moves_frame)
         self.regions: dict[int, tuple[int, bool]] = {}  # start -> (end, fresh)
         self._local_apis = {
             rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
@@ -589,6 +602,7 @@ class X86Backend:
         self._e8_src = np.zeros(0, dtype=np.int64)
         self._e8_dst = np.zeros(0, dtype=np.int64)
         self._pops: dict[int, int | None] = {}
+        self._odd_frames: set[int] = set()  # local callees that move esp oddly
         self._scan_code()
         self._classify_jumps()
         self.starts = self._function_starts()
@@ -722,6 +736,12 @@ class X86Backend:
             return self._pops[target]
         return None
 
+    def moves_frame(self, target: Value | None) -> bool:
+        if isinstance(target, int):
+            self.callee_pops(target)  # fills _odd_frames
+            return target in self._odd_frames
+        return False
+
     def _local_pops(self, rva: int, hops: int = 3) -> int | None:
         name = self._thunks.get(rva)
         if name is not None:
@@ -734,7 +754,10 @@ class X86Backend:
         if first.mnemonic == "jmp":  # incremental-linking stub or tail-jump-only function
             direct = _direct_target(first.op_str)
             if direct is not None and hops:
-                return self._local_pops(direct, hops - 1)
+                pops = self._local_pops(direct, hops - 1)
+                if direct in self._odd_frames:
+                    self._odd_frames.add(rva)
+                return pops
             return self.callee_pops(self.semantics.call_target(State(), first))
         index_of = {insn.address: i for i, insn in enumerate(insns)}
         seen, todo, pops = {0}, [0], set()
@@ -742,6 +765,7 @@ class X86Backend:
             i = todo.pop()
             insn = insns[i]
             if writes_esp_oddly(insn):
+                self._odd_frames.add(rva)
                 return None
             if insn.mnemonic == "ret":
                 pops.add(int(insn.op_str, 0) if insn.op_str else 0)
