@@ -639,8 +639,8 @@ class _Refresh:
         previous = self._current_sha(item.path)
         cur = self.conn.execute(
             _UPSERT_FILE_FROM_CONTENT,
-            (item.path, item.size, _stored_mtime(item), time.time(), item.checked_ns,
-             item.sha256, self.version, self.timeout),
+            (item.path, item.size, item.mtime_ns, item.checked_ns, item.sha256, self.version,
+             self.timeout),
         )  # fmt: skip
         if cur.rowcount > 0:
             self._release(previous, item.sha256)
@@ -697,6 +697,9 @@ class _Refresh:
         now = time.time()
         with _write(self.conn):
             for items, outcome in batch:
+                if outcome.unreadable:  # readable when hashed, not when scanned
+                    self.stats.failed.extend((item.path, outcome.error) for item in items)
+                    continue
                 self._store_content(outcome, now)
                 if outcome.sha256 != items[0].sha256:
                     # The first file changed between hashing and scanning: the result is its
@@ -738,7 +741,7 @@ class _Refresh:
         self._release(self._current_sha(item.path), outcome.sha256)
         self.conn.execute(
             _UPSERT_FILE,
-            (item.path, item.size, _stored_mtime(item), outcome.sha256, self.version,
+            (item.path, item.size, item.mtime_ns, outcome.sha256, self.version,
              outcome.arch, outcome.error, now, item.checked_ns),
         )  # fmt: skip
 
@@ -770,7 +773,8 @@ _UPSERT_FILE = (
 )
 _UPSERT_FILE_FROM_CONTENT = (
     "INSERT INTO files (path, size, mtime_ns, sha256, scanner_version, arch, error, scanned_at,"
-    " checked_ns) SELECT ?, ?, ?, sha256, scanner_version, arch, error, ?, ? FROM contents"
+    " checked_ns) SELECT ?, ?, ?, sha256, scanner_version, arch, error, scanned_at, ?"
+    " FROM contents"
     " WHERE sha256 = ? AND scanner_version = ? AND (timeout_s IS NULL OR timeout_s >= ?)"
     + _UPSERT_SET
 )
@@ -787,10 +791,6 @@ def _same(row: _Known, st: os.stat_result, version: int, timeout: float) -> bool
         and row.mtime_ns + RACY_NS < row.checked_ns
         and (row.timeout_s is None or row.timeout_s >= timeout)
     )
-
-
-def _stored_mtime(item: _Pending) -> int:
-    return item.mtime_ns
 
 
 def _strerror(exc: OSError) -> str:
@@ -821,6 +821,7 @@ class _Outcome:
     error: str | None
     sites: list[dict] = field(default_factory=list)
     timed_out: bool = False
+    unreadable: bool = False  # nothing was scanned: not stored, tried again next time
 
 
 def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
@@ -835,7 +836,8 @@ def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        return _Outcome(expected_sha256, None, None, f"cannot read: {exc.strerror or exc}")
+        error = f"cannot read: {_strerror(exc)}"
+        return _Outcome(expected_sha256, None, None, error, unreadable=True)
     sha = hashlib.sha256(data).hexdigest()
     return _outcome(sha, len(data), scan_file(path, data))
 
