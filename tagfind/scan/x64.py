@@ -432,6 +432,7 @@ class X64Backend:
         self.semantics = X64Semantics(image, self.api_slots, image.guard_dispatch_slots)
         self.md = make_decoder()
         self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
+        self._capped: list[int] = []  # sorted starts of regions cut at REGION_CAP (no .pdata)
         self._local_apis = {
             rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
         }
@@ -556,6 +557,12 @@ class X64Backend:
             start = max(start, max(known))
         fresh = True
         if rva - start > REGION_CAP:
+            # No function start is known near rva (no or damaged .pdata): a window already
+            # decoded around an earlier site serves, instead of one overlapping window per site
+            # (which made such files take seconds to minutes).
+            i = bisect.bisect_right(self._capped, rva) - 1
+            if i >= 0 and rva + 16 <= self.regions[self._capped[i]][0]:
+                return self._capped[i]
             start, fresh = rva - REGION_CAP, False
         while start < rva and image.read(start, 1)[:1] in (b"\xcc", b"\x90"):
             start += 1
@@ -565,6 +572,8 @@ class X64Backend:
         if len(image.functions) and nxt < len(image.functions):
             end = min(end, int(image.functions[nxt, 0]))
         end = min(end, rva + REGION_CAP)
+        if not fresh and start not in self.regions:
+            bisect.insort(self._capped, start)
         self.regions.setdefault(start, (end, fresh, False))
         return start
 
@@ -612,7 +621,8 @@ class X64Backend:
             return result
 
         converged = run(insns, entry, sem.transfer, flow, orphan, observe)
-        starts = sorted({_skip_padding(insns, a) for a in entries})
+        addresses = [insn.address for insn in insns]
+        starts = sorted({_skip_padding(insns, a, addresses) for a in entries})
         out = []
         for e in events:
             owner = starts[bisect.bisect_right(starts, e.rva) - 1] if starts else function
@@ -621,9 +631,12 @@ class X64Backend:
         return out
 
 
-def _skip_padding(insns: list[Insn], address: int) -> int:
-    """The first instruction at or after address that is not padding (nop, int3)."""
-    i = bisect.bisect_left([insn.address for insn in insns], address)
+def _skip_padding(insns: list[Insn], address: int, addresses: list[int] | None = None) -> int:
+    """The first instruction at or after address that is not padding (nop, int3).
+    `addresses` (the instructions' addresses) is passed by callers that ask many times."""
+    if addresses is None:
+        addresses = [insn.address for insn in insns]
+    i = bisect.bisect_left(addresses, address)
     while i < len(insns) and (insns[i].mnemonic.startswith("nop") or insns[i].mnemonic == "int3"):
         i += 1
     return insns[i].address if i < len(insns) else address
