@@ -28,6 +28,11 @@ class MaterialMissing(Exception):
     """The libwine tree could not be fetched here; the message says why."""
 
 
+def is_root() -> bool:
+    """Running as root (POSIX), where chmod 000 does not stop reads or writes."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def cache_root() -> Path:
     env = os.environ.get("TAGFIND_TEST_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tagfind-tests"

@@ -21,7 +21,14 @@ import pytest
 from conftest import skip_or_fail
 from hypothesis import given
 from hypothesis import strategies as st
-from pe_factory import KERNEL_FILES, MaterialMissing, copy_files, smallest_pe_files, wine_dir
+from pe_factory import (
+    KERNEL_FILES,
+    MaterialMissing,
+    copy_files,
+    is_root,
+    smallest_pe_files,
+    wine_dir,
+)
 
 import tagfind.index as index_mod
 import tagfind.scan
@@ -308,7 +315,7 @@ def test_unreadable_and_vanished_files(wine: Path, tmp_path: Path) -> None:
     finally:
         locked.chmod(0o644)
     assert missing not in indexed and str(good) in indexed
-    if os.geteuid() == 0:
+    if is_root():
         # root reads through chmod 000: the file is simply indexed. The check below runs for
         # ordinary users.
         assert str(locked) in indexed
@@ -416,7 +423,7 @@ def test_full_disk_is_index_unavailable(wine: Path, tmp_path: Path) -> None:
         assert ix.check() == [] and ix.stats().files == len(files)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+@pytest.mark.skipif(is_root(), reason="root writes into read-only directories")
 def test_read_only_cache_dir_is_index_unavailable(tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
