@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .tags import is_pattern, str_to_tag
+from .tags import is_pattern, str_to_tag, tag_to_str
 
 EXIT_FOUND, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2
 
@@ -173,7 +173,6 @@ def _load_counters(opts: dict[str, Any]) -> Any:
 
 def _run_top(idx: Any, files: list[str], counters: Any, opts: dict[str, Any]) -> int:
     from . import top
-    from .pooltag import load_db
 
     rows, meta, warnings = counters
     for warning in warnings:
@@ -181,10 +180,7 @@ def _run_top(idx: Any, files: list[str], counters: Any, opts: dict[str, Any]) ->
     chosen = top.select_rows(rows, opts["top"], opts["sort_key"], opts["pool_type"])
     values = sorted({v for r in chosen if (v := top.tag_value(r.tag)) is not None})
     sites = idx.sites(tags=values, files=files) if values else []
-    try:
-        db = load_db(opts["pooltag_files"], root=opts["root"])
-    except ValueError as exc:
-        raise Fatal(str(exc)) from None
+    db = _pooltag_db(opts, {r.tag for r in chosen})
     top.attach_drivers(chosen, sites, db)
     if opts["as_json"]:
         click.echo(top.render_json(chosen, meta))
@@ -194,6 +190,15 @@ def _run_top(idx: Any, files: list[str], counters: Any, opts: dict[str, Any]) ->
         click.echo(top.render_table(chosen, verbose=bool(opts["verbose"]),
                                     growth=bool(opts["diff"])))
     return EXIT_FOUND if chosen else EXIT_NOTHING
+
+
+def _pooltag_db(opts: dict[str, Any], tags: set[str]) -> Any:
+    from .pooltag import load_db
+
+    try:
+        return load_db(opts["pooltag_files"], root=opts["root"], only_tags=sorted(tags))
+    except ValueError as exc:
+        raise Fatal(str(exc)) from None
 
 
 def _stats_line(stats: Any) -> str:
@@ -218,15 +223,10 @@ def _run_tag_query(idx: Any, files: list[str], exact: list[int], globs: list[str
                    opts: dict[str, Any]) -> int:
     from . import report
     from .bytematch import find_byte_matches
-    from .pooltag import load_db
 
-    try:
-        db = load_db(opts["pooltag_files"], root=opts["root"])
-    except ValueError as exc:
-        raise Fatal(str(exc)) from None
     if opts["driver"] is not None:
         site_rows = idx.sites_for_driver(opts["driver"])
-        if not site_rows and not _driver_known(idx, opts["driver"]):
+        if not site_rows and not idx.match_driver(opts["driver"]):
             raise Fatal(f"no indexed driver named {opts['driver']!r}")
         byte_matches: list[Any] = []
     else:
@@ -234,22 +234,12 @@ def _run_tag_query(idx: Any, files: list[str], exact: list[int], globs: list[str
         for pattern in globs:
             site_rows += idx.sites(tag_glob=pattern, files=files)
         byte_matches = [] if opts["no_bytes"] else find_byte_matches(files, exact)
+    tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
+    db = _pooltag_db(opts, tags | {tag_to_str(m.tag) for m in byte_matches})
     rows = report.tag_rows(site_rows, byte_matches, db)
     unknown = report.unknown_site_counts(site_rows) if opts["driver"] is not None else {}
     _emit(rows, opts, unknown)
     return EXIT_FOUND if rows else EXIT_NOTHING
-
-
-def _driver_known(idx: Any, name: str) -> bool:
-    lowered = name.lower()
-    return any(row.path.lower() == lowered or report_name(row.path) == lowered
-               for row in idx.file_rows())
-
-
-def report_name(path: str) -> str:
-    from .report import driver_name
-
-    return driver_name(path).lower()
 
 
 def _emit(rows: list[Any], opts: dict[str, Any], unknown: dict[str, int]) -> None:
