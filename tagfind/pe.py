@@ -33,6 +33,7 @@ _DIR_EXPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXPORT"]
 _DIR_EXCEPTION = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXCEPTION"]
 _DIR_LOAD_CONFIG = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_LOAD_CONFIG"]
 _DIR_DELAY_IMPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DELAY_IMPORT"]
+_DIR_BASERELOC = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_BASERELOC"]
 
 
 class PEError(Exception):
@@ -80,6 +81,11 @@ class PEImage:
         self.size_of_image = pe.OPTIONAL_HEADER.SizeOfImage
         self.sections = _sections(pe, data)
         _check_complete(pe, data)
+        try:  # (rva, size) of the base relocations: the x86 scanner finds code pointers there
+            reloc = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_DIR_BASERELOC]
+            self.reloc_directory = (reloc.VirtualAddress, reloc.Size)
+        except IndexError:
+            self.reloc_directory = (0, 0)
         self.warnings: list[str] = []
         self.imports: dict[int, str] = {}  # IAT slot RVA -> imported function name
         self.import_dlls: dict[int, str] = {}  # IAT slot RVA -> DLL name (lowercase)

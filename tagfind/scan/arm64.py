@@ -284,8 +284,8 @@ class Arm64Semantics:
                         state.stack.clear()  # a store we do not model into our frame
                     return  # stores write memory, not registers (st*xr: status in ops[0])
             self.set(state, ops[0], None)
-            if mnem.startswith("ldp") or mnem.startswith("ldxp") or mnem.startswith("ldaxp"):
-                self.set(state, ops[1], None)
+            if mnem.startswith(("ldp", "ldnp", "ldxp", "ldaxp")) and len(ops) > 1:
+                self.set(state, ops[1], None)  # pair loads write two registers
 
     def _alu(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
         a = self.operand(state, ops[1])

@@ -3,8 +3,12 @@
 Calling convention. Kernel APIs are stdcall (NTAPI): arguments are pushed right to left, so at
 the call argument k is the dword at [esp+4k], and the callee pops them (`ret 4n`). Compilers
 place them either with pushes (MSVC, clang) or with `mov [esp+4k], x` into an outgoing area
-reserved in the prologue (GCC, clang with -mno-push-args): both are plain stack writes here, so
-the tag is "the value in slot 2 at the call", whatever sits between the pushes.
+reserved in the prologue (GCC; clang at -O0 or without its call-frame optimisation): both are
+plain stack writes here, so the tag is "the value in slot 2 at the call", whatever sits
+between the pushes. ExAllocatePool2/3 take a 64-bit POOL_FLAGS in two slots, which moves
+their tag to slot 3 (WIDE_ARGS). Local functions may also take arguments in registers
+(fastcall, thiscall, whole-program conventions): the registers at entry count as arguments
+too (REG_ARGS), so wrappers with a tag in ecx are found.
 
 Tracking esp across calls. After a call esp rises by the bytes the callee pops. We know that
 number for: the pool APIs and a few other imports (tables below; the `@N` stdcall decoration
@@ -23,7 +27,11 @@ Function starts (no .pdata on x86), in order of trust:
   2. import thunks (`jmp [IAT]`);
   3. targets of `call rel32` (E8) inside a code section that decode as plausible code and are
      called from two places or sit after padding/ret/16-byte alignment;
-  4. prologues `push ebp; mov ebp, esp` (55 8B EC, 55 89 E5; MSVC's hot-patch `mov edi, edi`
+  4. code pointers: base relocations (HIGHLOW) whose target lies in a code section after
+     padding or a ret and decodes as plausible code (dispatch routines stored into the
+     DRIVER_OBJECT, callbacks, vtables); relocations inside code that come in runs are jump
+     tables and are skipped;
+  5. prologues `push ebp; mov ebp, esp` (55 8B EC, 55 89 E5; MSVC's hot-patch `mov edi, edi`
      before it, 8B FF, starts the function) after padding or a ret.
 A site belongs to the nearest start at or below it; the function runs to the next start.
 A missed start only means decoding through a boundary (the `ret` ends the flow; the next
@@ -32,7 +40,8 @@ entry state that is wrong about arguments, which only matters for wrapper detect
 
 Imports: `call [IAT]` (FF 15 with an absolute, relocated address: ImageBase is subtracted),
 `mov reg, [IAT]` / `mov eax, [IAT]` (8B /r, A1) then `call reg`, `jmp [IAT]` thunks (FF 25)
-called with E8, and tail jumps to either.
+called with E8, and tail jumps to either. A `jmp [IAT]` is a thunk when something calls it or
+it stands alone after padding, a ret or another thunk; inside a function it is a tail call.
 """
 
 from __future__ import annotations
@@ -167,7 +176,6 @@ _NO_WRITE = {"cmp", "test", "bt", "nop", "ucomiss", "ucomisd", "comiss", "comisd
              "clflush", "invlpg", "out", "wrmsr", "cli", "sti", "hlt", "endbr32", "cld", "std",
              "clc", "stc", "int", "lidt", "lgdt", "sidt", "sgdt", "fnstcw", "fldcw"}
 _TERMINATORS = {"ret", "retf", "iretd", "iret", "int3", "ud2", "hlt"}
-_SP_FRAME_OPS = {"push", "pop", "add", "sub", "lea", "mov", "and", "leave", "call", "ret"}
 
 
 def make_decoder() -> capstone.Cs:
@@ -613,7 +621,6 @@ class X86Backend:
         if not sections:
             return
         slot_vas = np.array(sorted(s + self.base for s in self.image.imports), dtype=np.int64)
-        pool_vas = np.array(sorted(s + self.base for s in self.api_slots), dtype=np.int64)
         code_lo = min(s.rva for s in sections)
         code_hi = max(s.rva + s.size for s in sections)
         srcs, dsts, kinds = [], [], []
@@ -632,7 +639,7 @@ class X86Backend:
                     near = np.flatnonzero((word >= slot_vas[0]) & (word <= slot_vas[-1]))
                     hits = near[np.isin(word[near], slot_vas)]
                     for i in hits.tolist():
-                        self._abs_hit(section, raw, start + i, int(word[i]), pool_vas)
+                        self._abs_hit(section, raw, start + i, int(word[i]))
                 # rel32 calls and jumps into the code sections.
                 target = (word ^ 0x80000000) - 0x80000000 + q + (section.rva + 4)
                 opcode_at = q - 1
@@ -651,8 +658,7 @@ class X86Backend:
             self._call_src, self._call_dst = src[order], dst[order]
             self._e8_src, self._e8_dst = src[order][is_call[order]], dst[order][is_call[order]]
 
-    def _abs_hit(self, section, raw: np.ndarray, disp_offset: int, va: int,
-                 pool_vas: np.ndarray) -> None:
+    def _abs_hit(self, section, raw: np.ndarray, disp_offset: int, va: int) -> None:
         slot = va - self.base
         rva = section.rva + disp_offset
         if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
@@ -685,6 +691,10 @@ class X86Backend:
             if (count >= 2 or self._after_boundary(target) or target % 16 == 0) \
                     and self._plausible_code(target):
                 starts.add(target)
+        for target in self._code_pointers().tolist():
+            if target not in starts and self._after_boundary(target) \
+                    and self._plausible_code(target):
+                starts.add(target)
         for section in image.code_sections:
             for pattern in _PROLOGUES:
                 for rva in _find_all(section.data, pattern, section.rva):
@@ -692,9 +702,50 @@ class X86Backend:
                         starts.add(rva - 2)
                     elif self._after_boundary(rva):
                         starts.add(rva)
-        code = [s for s in image.code_sections]
+        code = image.code_sections
         ok = [r for r in starts if any(s.contains(r) for s in code)]
         return np.array(sorted(ok), dtype=np.int64)
+
+    def _code_pointers(self) -> np.ndarray:
+        """Targets (RVAs) of HIGHLOW base relocations that point into a code section, except
+        those whose relocation sits in code next to another one (a jump table in .text)."""
+        image = self.image
+        rva, size = image.reloc_directory
+        raw = image.read(rva, min(size, 1 << 24)) if rva and size else b""
+        locations = []
+        offset = 0
+        while offset + 8 <= len(raw):
+            page, block = int.from_bytes(raw[offset:offset + 4], "little"), \
+                int.from_bytes(raw[offset + 4:offset + 8], "little")
+            if block < 8 or offset + block > len(raw):
+                break  # a damaged table: keep what was read
+            entries = np.frombuffer(raw, dtype="<u2", count=(block - 8) // 2, offset=offset + 8)
+            highlow = entries[(entries >> 12) == 3]  # IMAGE_REL_BASED_HIGHLOW
+            locations.append(page + (highlow & 0xFFF).astype(np.int64))
+            offset += block
+        if not locations:
+            return np.zeros(0, dtype=np.int64)
+        locs = np.unique(np.concatenate(locations))
+        out = []
+        for section in image.sections:
+            inside = locs[(locs >= section.rva) & (locs + 4 <= section.rva + section.size)]
+            if not len(inside):
+                continue
+            values = np.frombuffer(section.data, dtype=np.uint8)
+            at = (inside - section.rva)[:, None] + np.arange(4)
+            target = (values[at].astype(np.int64) << np.array([0, 8, 16, 24])).sum(axis=1)
+            target -= self.base
+            if section.executable:  # drop runs: jump tables inside .text
+                alone = ~np.isin(inside - 4, locs) & ~np.isin(inside + 4, locs)
+                target = target[alone]
+            out.append(target)
+        if not out:
+            return np.zeros(0, dtype=np.int64)
+        targets = np.unique(np.concatenate(out))
+        in_code = np.zeros(len(targets), dtype=bool)
+        for section in image.code_sections:
+            in_code |= (targets >= section.rva) & (targets < section.rva + section.size)
+        return targets[in_code]
 
     def _after_boundary(self, rva: int) -> bool:
         """rva follows padding, a ret or a jmp, or starts its section."""
