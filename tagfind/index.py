@@ -56,6 +56,7 @@ WORKER_START_TIMEOUT = 120.0  # a worker process must import the scanner within 
 WORKER_START_FAILURES = 2  # after this many workers die at start, scan in this process
 IN_PROCESS_MAX = 2  # this few files to scan: no worker processes
 _READ_CHUNK = 1 << 20
+_SQL_PATHS_MAX = 200  # up to this many paths go into the SQL; more are filtered in Python
 _U64 = 1 << 64
 
 _SCHEMA = """
@@ -423,7 +424,7 @@ class Index:
 
     def match_driver(self, name_or_path: str) -> list[str]:
         """Indexed paths that `name_or_path` names (see sites_for_driver)."""
-        rows = [row.path for row in self.file_rows()]
+        rows = [path for (path,) in self.conn.execute("SELECT path FROM files ORDER BY path")]
         if os.sep in name_or_path or "/" in name_or_path:
             wanted = os.path.normcase(os.path.abspath(name_or_path))
             return [path for path in rows if os.path.normcase(path) == wanted]
@@ -492,16 +493,19 @@ class Index:
             " JOIN contents c ON c.sha256 = s.sha256"
             " JOIN files f ON f.sha256 = s.sha256"
         )
-        conn = self.conn
+        keep: set[str] | None = None
         if files is not None:
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (path TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM wanted")
-            conn.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", ((p,) for p in files))
-            where = [*where, "f.path IN (SELECT path FROM wanted)"]
+            wanted = {p if os.path.isabs(p) else os.path.abspath(p) for p in files}
+            if len(wanted) <= _SQL_PATHS_MAX:  # a few paths (one driver): let SQLite pick
+                where = [*where, f"f.path IN ({','.join('?' * len(wanted))})"]
+                params = [*params, *sorted(wanted)]
+            else:  # the whole source set: the matching sites are few, filter them here
+                keep = wanted
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY f.path, s.rva, s.api"
-        return [_site_row(row) for row in conn.execute(sql, params)]
+        rows = self.conn.execute(sql, params)
+        return [_site_row(row) for row in rows if keep is None or row[0] in keep]
 
 
 # --- refresh, step by step -----------------------------------------------------------------
