@@ -117,6 +117,12 @@ def test_first_refresh_scans_everything_and_queries_answer(tree: Path, tmp_path:
         assert ix.sites(tag_glob="N?ne") == ix.sites(tags=[NONE_TAG])
         assert ix.sites(tag_glob="no*") == []
         assert ix.sites(tags=[]) == []
+        # A file filter: a few paths, or a whole source set (with paths not indexed).
+        many = files + [f"/not/indexed/{i}.sys" for i in range(300)]
+        assert ix.sites(tags=[NONE_TAG], files=many) == ix.sites(tags=[NONE_TAG])
+        usbd = str(tree / "usbd.sys")
+        assert {r.path for r in ix.sites(tags=[NONE_TAG], files=[usbd])} == {usbd}
+        assert ix.sites(files=[]) == []
         assert len(ix.sites()) == ix.stats().sites
 
         winebus = str(tree / "winebus.sys")
