@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .pe import MAX_FILE_SIZE
 from .tags import tag_bytes
 
 
@@ -38,8 +39,8 @@ def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMat
         try:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
-                if size == 0:
-                    continue
+                if size == 0 or size > MAX_FILE_SIZE:
+                    continue  # nothing to find, or too large for a driver: never read it
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     for tag, needle in needles.items():
                         first = view.find(needle)

@@ -89,6 +89,20 @@ def test_sparse_2gb_file_is_refused(tmp_path, main_sys, byte_matches):
     print(f"2 GB sparse file (byte matches {byte_matches}): refresh + query {elapsed:.2f} s")
 
 
+def test_byte_matches_skip_files_too_large_for_a_driver(tmp_path):
+    """Found here: `Test` with byte matches read a 2 GB file in full on every query (9 s)."""
+    from tagfind.bytematch import find_byte_matches
+
+    big = tmp_path / "huge.sys"
+    with open(big, "wb") as handle:
+        handle.write(b"MZ..Test")
+    os.truncate(big, 2 * 1024**3)
+    small = tmp_path / "small.sys"
+    small.write_bytes(b"MZ..Test")
+    found = find_byte_matches([str(big), str(small)], [0x74736554])
+    assert [m.path for m in found] == [str(small)]
+
+
 @pytest.mark.xfail(reason="index.py hashes every file in full before the scanner refuses it by "
                    "size: a 2 GB file is read (about 10 s here)", strict=False)
 def test_sparse_2gb_file_is_refused_quickly(tmp_path, main_sys):
