@@ -10,6 +10,8 @@ time limit and an address-space limit. Reported at the end:
 
 - inputs tried, errors (scan_file's counted "bad file" results) and results with sites;
 - crashes: an exception escaping scan_file, or a worker dying;
+- internal errors: an exception that scan_file caught itself ("scanner failure: ..."), i.e. a
+  parser or scanner bug that the broad except hid;
 - hangs: an input that took longer than --timeout (the worker is killed and replaced);
 - memory: MemoryError inside the scan (the address-space limit was hit), and peak RSS;
 - invented sites: a site whose RVA is not inside an executable section of the image.
@@ -180,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fuzz: seeds {', '.join(f'{k} ({len(v)} B)' for k, v in seeds.items())}; "
           f"random seed {seed}", file=sys.stderr)
     worker = Worker(args.mem_mb * 1024 * 1024)
-    counts = {"tried": 0, "errors": 0, "with_sites": 0, "crashes": 0, "hangs": 0,
-              "memory": 0, "invented": 0}
+    counts = {"tried": 0, "errors": 0, "with_sites": 0, "crashes": 0, "internal": 0,
+              "hangs": 0, "memory": 0, "invented": 0}
     slowest, peak_kb, findings = 0.0, 0, 0
     started = time.monotonic()
     try:
@@ -202,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 kind = "invented"
             elif outcome["error"] and "MemoryError" in outcome["error"]:
                 kind = "memory"
+            elif outcome["error"] and outcome["error"].startswith("scanner failure"):
+                kind = "internal"
             elif outcome["error"]:
                 counts["errors"] += 1
             elif outcome["sites"]:
@@ -224,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inputs tried: {counts['tried']} in {elapsed:.0f} s "
           f"({counts['tried'] / max(elapsed, 1e-9):.1f}/s)")
     print(f"counted errors: {counts['errors']}; results with sites: {counts['with_sites']}")
-    print(f"crashes: {counts['crashes']}; hangs (> {args.timeout:g} s): {counts['hangs']}; "
+    print(f"crashes: {counts['crashes']}; internal errors: {counts['internal']}; "
+          f"hangs (> {args.timeout:g} s): {counts['hangs']}; "
           f"memory-limit hits: {counts['memory']}; invented sites: {counts['invented']}")
     print(f"slowest input: {slowest:.2f} s; peak worker RSS: {peak_kb / 1024:.0f} MB")
-    bad = counts["crashes"] + counts["hangs"] + counts["memory"] + counts["invented"]
+    bad = sum(counts[k] for k in ("crashes", "internal", "hangs", "memory", "invented"))
     return 1 if bad else 0
 
 
