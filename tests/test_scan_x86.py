@@ -394,3 +394,19 @@ def test_frame_moving_callee_forgets_ebp():
                ("call", ALLOC_IAT)]
     assert _calls(program, pops={0x4000: 0})[-1][1][1] == ("arg", 0)
     assert _calls(program, odd={0x4000})[-1][1][1] is None
+
+
+def test_only_frame_setting_callees_lose_the_callers_ebp():
+    """MSVC's __SEH_prolog4 sets the caller's ebp (`lea ebp, [esp+0x10]`); __chkstk moves esp
+    only. Frame code every function undoes is not a write to the caller's ebp."""
+    from tagfind.scan.dataflow import Insn
+    from tagfind.scan.x86 import sets_caller_ebp
+
+    def insn(mnem, ops):
+        return Insn(0x1000, 4, mnem, ops)
+
+    assert sets_caller_ebp(insn("lea", "ebp, [esp + 0x10]"))
+    assert sets_caller_ebp(insn("mov", "ebp, eax"))
+    for mnem, ops in [("mov", "ebp, esp"), ("pop", "ebp"), ("push", "ebp"), ("leave", ""),
+                      ("xchg", "esp, eax"), ("mov", "dword ptr [esp + 0x10], ebp")]:
+        assert not sets_caller_ebp(insn(mnem, ops)), (mnem, ops)

@@ -208,9 +208,9 @@ class X86Semantics:
     """Transfer function and call resolution for one image's 32-bit x86 code.
 
     `callee_pops(target)` answers how many bytes a call target pops (None: unknown) and
-    `moves_frame(target)` whether it moves esp in ways we do not follow (then it may set ebp
-    too, as MSVC's __SEH_prolog4 does); the backend supplies both because they need to decode
-    the callee."""
+    `moves_frame(target)` whether it moves esp in ways we do not follow and sets ebp for its
+    caller, as MSVC's __SEH_prolog4 does; the backend supplies both because they need to
+    decode the callee."""
 
     def __init__(self, image, callee_pops: Callable[[Value | None], int | None],
                  thunk_api: Callable[[int], str | None],
@@ -579,6 +579,16 @@ def writes_esp_oddly(insn: Insn) -> bool:
     return insn.mnemonic not in ("push", "pop")
 
 
+def sets_caller_ebp(insn: Insn) -> bool:
+    """True for a write to ebp other than the frame code every function undoes (`mov ebp, esp`,
+    `pop ebp`, `leave`): `lea ebp, [esp+0x10]` in MSVC's __SEH_prolog4 sets the caller's ebp.
+    (__chkstk moves esp but leaves ebp alone: the caller's ebp frame survives it.)"""
+    if insn.mnemonic in ("push", "pop", "cmp", "test", "leave") or insn.mnemonic.startswith("j"):
+        return False
+    ops = _operands(insn.op_str)
+    return bool(ops) and ops[0] == "ebp" and not (insn.mnemonic == "mov" and ops[1:] == ["esp"])
+
+
 # --- backend: candidates by byte patterns, then per-function analysis -------------------------
 REGION_CAP = 0x4000  # longest function we decode from a start (no .pdata bounds it)
 _CHUNK = 1 << 22
@@ -812,12 +822,12 @@ class X86Backend:
             return self.callee_pops(self.semantics.call_target(State(), first))
         index_of = {insn.address: i for i, insn in enumerate(insns)}
         seen, todo, pops = {0}, [0], set()
+        odd_esp = sets_ebp = False
         while todo:
             i = todo.pop()
             insn = insns[i]
-            if writes_esp_oddly(insn):
-                self._odd_frames.add(rva)
-                return None
+            odd_esp = odd_esp or writes_esp_oddly(insn)
+            sets_ebp = sets_ebp or sets_caller_ebp(insn)
             if insn.mnemonic == "ret":
                 pops.add(int(insn.op_str, 0) if insn.op_str else 0)
             flow = X86Semantics.flow(insn)
@@ -828,6 +838,10 @@ class X86Backend:
                 if j not in seen:
                     seen.add(j)
                     todo.append(j)
+        if odd_esp:
+            if sets_ebp:
+                self._odd_frames.add(rva)
+            return None
         return pops.pop() if len(pops) == 1 else None
 
     def _next_start(self, rva: int) -> int:
