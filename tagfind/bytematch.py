@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .pe import MAX_FILE_SIZE
+from .limits import MAX_FILE_SIZE
 from .tags import tag_bytes
 
 

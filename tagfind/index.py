@@ -830,7 +830,7 @@ class _Outcome:
 
 def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
     """Read `path` once, hash what was read and scan those same bytes."""
-    from .pe import MAX_FILE_SIZE
+    from .limits import MAX_FILE_SIZE
     from .scan import scan_file
 
     try:

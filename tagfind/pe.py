@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pefile
 
-MAX_FILE_SIZE = 512 * 1024 * 1024  # larger files are not drivers; refuse rather than load them
+from .limits import MAX_FILE_SIZE
 
 MACHINES = {
     0x8664: "x64",
