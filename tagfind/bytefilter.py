@@ -10,16 +10,15 @@ is not covered (`covers` says so) and the caller searches the files directly.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BITS_PER_ITEM = 10  # with 3 hashes: about 1% false positives
 HASHES = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)  # odd multipliers (Knuth / murmur3 constants)
 MIN_LOG2 = 6
 MAX_LOG2 = 30
-
-_PRINTABLE = np.zeros(256, dtype=bool)
-_PRINTABLE[0x20:0x7F] = True
-
 
 def covers(tag_value: int) -> bool:
     """Whether a filter can answer for this tag (all 4 bytes printable)."""
@@ -28,6 +27,8 @@ def covers(tag_value: int) -> bool:
 
 def build(data: bytes) -> tuple[int, bytes]:
     """(log2 of the bit count, filter bits) for the printable 4-grams of data."""
+    import numpy as np
+
     grams = printable_grams(data)
     log2 = MIN_LOG2
     while (1 << log2) < BITS_PER_ITEM * max(1, len(grams)) and log2 < MAX_LOG2:
@@ -40,11 +41,11 @@ def build(data: bytes) -> tuple[int, bytes]:
 
 def may_contain(log2: int, blob: bytes, tag_value: int) -> bool:
     """False: the file certainly lacks the 4 bytes. True: it probably has them."""
-    if len(blob) * 8 < (1 << log2):
+    if not MIN_LOG2 <= log2 <= MAX_LOG2 or len(blob) * 8 < (1 << log2):
         return True  # a damaged filter must not hide a file
-    gram = np.array([tag_value & 0xFFFFFFFF], dtype=np.uint32)
+    gram = tag_value & 0xFFFFFFFF
     for multiplier in HASHES:
-        bit = int(_hash(gram, multiplier, log2)[0])
+        bit = ((gram * multiplier) & 0xFFFFFFFF) >> (32 - log2)  # as _hash, in plain ints
         if not blob[bit >> 3] & (1 << (bit & 7)):
             return False
     return True
@@ -52,10 +53,12 @@ def may_contain(log2: int, blob: bytes, tag_value: int) -> bool:
 
 def printable_grams(data: bytes) -> np.ndarray:
     """Distinct little-endian uint32 values of every 4-byte window made of printable bytes."""
+    import numpy as np
+
     if len(data) < 4:
         return np.zeros(0, dtype=np.uint32)
     raw = np.frombuffer(data, dtype=np.uint8)
-    ok = _PRINTABLE[raw]
+    ok = (raw >= 0x20) & (raw < 0x7F)
     window = ok[:-3] & ok[1:-2] & ok[2:-1] & ok[3:]
     starts = np.flatnonzero(window)
     values = np.ndarray((len(data) - 3,), dtype="<u4", buffer=data, strides=(1,))[starts]
@@ -63,5 +66,7 @@ def printable_grams(data: bytes) -> np.ndarray:
 
 
 def _hash(grams: np.ndarray, multiplier: int, log2: int) -> np.ndarray:
+    import numpy as np
+
     product = (grams.astype(np.uint64) * np.uint64(multiplier)) & np.uint64(0xFFFFFFFF)
     return (product >> np.uint64(32 - log2)).astype(np.int64)

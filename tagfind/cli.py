@@ -222,7 +222,6 @@ def _echo_stats(stats: Any, verbose: int) -> None:
 def _run_tag_query(idx: Any, files: list[str], exact: list[int], globs: list[str],
                    opts: dict[str, Any]) -> int:
     from . import report
-    from .bytematch import find_byte_matches
 
     if opts["driver"] is not None:
         site_rows = idx.sites_for_driver(opts["driver"])
@@ -233,13 +232,25 @@ def _run_tag_query(idx: Any, files: list[str], exact: list[int], globs: list[str
         site_rows = idx.sites(tags=exact, files=files) if exact else []
         for pattern in globs:
             site_rows += idx.sites(tag_glob=pattern, files=files)
-        byte_matches = [] if opts["no_bytes"] else find_byte_matches(files, exact)
+        byte_matches = [] if opts["no_bytes"] else _byte_matches(idx, exact, site_rows)
     tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
     db = _pooltag_db(opts, tags | {tag_to_str(m.tag) for m in byte_matches})
     rows = report.tag_rows(site_rows, byte_matches, db)
     unknown = report.unknown_site_counts(site_rows) if opts["driver"] is not None else {}
     _emit(rows, opts, unknown)
     return EXIT_FOUND if rows else EXIT_NOTHING
+
+
+def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
+    """Files holding a tag's 4 bytes among those without code evidence for it: the index's
+    byte filters name the candidates, and only those are read to confirm."""
+    from .bytematch import find_byte_matches
+
+    matches = []
+    for tag in tags:
+        with_code = {s.path for s in site_rows if s.tag == tag}
+        matches += find_byte_matches(idx.byte_candidates(tag, exclude=with_code), [tag])
+    return matches
 
 
 def _emit(rows: list[Any], opts: dict[str, Any], unknown: dict[str, int]) -> None:

@@ -47,7 +47,7 @@ from pathlib import Path
 
 from .tags import tag_to_str
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
 BATCH_FILES = 64  # scanned files written per transaction...
 BATCH_SECONDS = 1.0  # ...or at least this often
@@ -69,7 +69,9 @@ CREATE TABLE IF NOT EXISTS contents (
     size INTEGER,
     site_count INTEGER NOT NULL,
     timeout_s REAL,
-    scanned_at REAL NOT NULL
+    scanned_at REAL NOT NULL,
+    filter_log2 INTEGER,
+    filter BLOB
 );
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
@@ -416,6 +418,26 @@ class Index:
         return self._select_sites(where, params, files)
 
     @_guarded
+    def byte_candidates(self, tag: int, exclude: Iterable[str] = ()) -> list[str]:
+        """Indexed paths that may contain the tag's 4 bytes, by each content's bytefilter:
+        every file that does is listed (plus about 1% that do not, to be confirmed by reading
+        them). Contents without a filter, and tags the filter cannot answer, list all."""
+        from .bytefilter import covers, may_contain
+
+        skip = set(exclude)
+        rows = self.conn.execute(
+            "SELECT f.path, c.filter_log2, c.filter FROM files f"
+            " JOIN contents c ON c.sha256 = f.sha256 ORDER BY f.path"
+        ).fetchall()
+        answerable = covers(tag)
+        return [
+            path
+            for path, log2, blob in rows
+            if path not in skip
+            and (not answerable or log2 is None or blob is None or may_contain(log2, blob, tag))
+        ]
+
+    @_guarded
     def sites_for_driver(self, name_or_path: str) -> list[SiteRow]:
         """All sites of the files named `name_or_path`: a file name (without regard to case,
         with or without its extension) or a path."""
@@ -725,12 +747,15 @@ class _Refresh:
         conn = self.conn
         conn.execute(
             "INSERT INTO contents (sha256, scanner_version, arch, error, size, site_count,"
-            " timeout_s, scanned_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sha256) DO"
+            " timeout_s, scanned_at, filter_log2, filter) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(sha256) DO"
             " UPDATE SET scanner_version = excluded.scanner_version, arch = excluded.arch,"
             " error = excluded.error, size = excluded.size, site_count = excluded.site_count,"
-            " timeout_s = excluded.timeout_s, scanned_at = excluded.scanned_at",
+            " timeout_s = excluded.timeout_s, scanned_at = excluded.scanned_at,"
+            " filter_log2 = excluded.filter_log2, filter = excluded.filter",
             (outcome.sha256, self.version, outcome.arch, outcome.error, outcome.size,
-             len(outcome.sites), self.timeout if outcome.timed_out else None, now),
+             len(outcome.sites), self.timeout if outcome.timed_out else None, now,
+             outcome.filter_log2, outcome.filter),
         )  # fmt: skip
         conn.execute("DELETE FROM sites WHERE sha256 = ?", (outcome.sha256,))
         conn.executemany(
@@ -826,6 +851,8 @@ class _Outcome:
     sites: list[dict] = field(default_factory=list)
     timed_out: bool = False
     unreadable: bool = False  # nothing was scanned: not stored, tried again next time
+    filter_log2: int | None = None  # bytefilter of the content (None: search it directly)
+    filter: bytes | None = None
 
 
 def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
@@ -842,8 +869,12 @@ def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
     except OSError as exc:
         error = f"cannot read: {_strerror(exc)}"
         return _Outcome(expected_sha256, None, None, error, unreadable=True)
+    from .bytefilter import build
+
     sha = hashlib.sha256(data).hexdigest()
-    return _outcome(sha, len(data), scan_file(path, data))
+    outcome = _outcome(sha, len(data), scan_file(path, data))
+    outcome.filter_log2, outcome.filter = build(data)
+    return outcome
 
 
 def _outcome(sha: str, size: int | None, result) -> _Outcome:

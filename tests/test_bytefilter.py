@@ -66,3 +66,21 @@ def test_non_printable_tags_are_not_covered():
 
 def test_damaged_filter_never_hides():
     assert bytefilter.may_contain(20, b"\x00" * 10, str_to_tag("Test"))
+
+
+def test_index_candidates_cover_every_file_with_the_bytes(libwine_files, tmp_path):
+    """Through the index: every file that holds a tag's bytes is a candidate, for tags that
+    occur (from real strings) and tags that do not; non-printable tags list every file."""
+    from tagfind.index import Index
+
+    files = [str(p) for p in libwine_files[:60]]
+    contents = {path: open(path, "rb").read() for path in files}
+    with Index(tmp_path / "index.sqlite3") as idx:
+        idx.refresh(files, jobs=1)
+        for text in ("None", "File", "Irp ", "Qq9Z", "ntos"):
+            value = str_to_tag(text)
+            holders = {p for p, data in contents.items() if tag_bytes(value) in data}
+            candidates = set(idx.byte_candidates(value))
+            assert holders <= candidates
+            assert len(candidates - holders) <= max(2, len(files) // 20)
+        assert set(idx.byte_candidates(0x7F1B0A41)) == set(files)
