@@ -827,7 +827,14 @@ def _strerror(exc: OSError) -> str:
 
 
 def _hash_file(path: str) -> str | OSError:
+    from .limits import MAX_FILE_SIZE
+
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_SIZE:
+            # Never read: the scanner refuses it by size. A key from the size stands in for
+            # the hash (a 2 GB file would otherwise be read in full on every change).
+            return f"oversize:{size}"
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             while chunk := handle.read(_READ_CHUNK):

@@ -305,6 +305,15 @@ def _win_join(base: str, relative: str) -> str:
 # --- the walk ------------------------------------------------------------------------------
 
 
+def _printable_path(path: str) -> str:
+    """path itself when it encodes as UTF-8; else its bytes with the bad ones escaped."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _reason(what: str, exc: OSError) -> str:
     return f"{what}: {exc.strerror or exc}"
 
@@ -319,7 +328,7 @@ class _Walker:
         self._walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory seen
 
     def skip(self, path: str, reason: str) -> None:
-        self._skipped.setdefault(path, reason)
+        self._skipped.setdefault(_printable_path(path), reason)
 
     def result(self) -> SourceSet:
         files = sorted(set(self._by_real.values()))
@@ -328,6 +337,11 @@ class _Walker:
     def add_file(self, path: str, explicit: bool = False, real: str | None = None) -> None:
         """Take `path` if it is a kernel image. `real` is its real path when the caller knows
         it (saves a realpath per file, which costs an open on Windows)."""
+        if _printable_path(path) != path:
+            # Not valid UTF-8 (possible on Linux mounts): the index (SQLite text) cannot hold
+            # the name, so the file is named as skipped instead of failing the whole refresh.
+            self.skip(path, "file name is not valid UTF-8")
+            return
         try:
             take = is_kernel_image(path, self.all_pe)
         except OSError as exc:
