@@ -21,11 +21,7 @@ class ByteMatch:
     path: str
     tag: int
     offset: int  # file offset of the first occurrence
-    count: int  # occurrences, capped at MAX_COUNT
     in_code: bool  # the first occurrence lies in an executable section
-
-
-MAX_COUNT = 100
 
 
 def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMatch]:
@@ -43,16 +39,11 @@ def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMat
                     continue  # nothing to find, or too large for a driver: never read it
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     for tag, needle in needles.items():
+                        # The first occurrence is enough to confirm; counting them all
+                        # would read every matching file to its end.
                         first = view.find(needle)
-                        if first < 0:
-                            continue
-                        count, pos = 1, first
-                        while count < MAX_COUNT:
-                            pos = view.find(needle, pos + 1)
-                            if pos < 0:
-                                break
-                            count += 1
-                        out.append(ByteMatch(path, tag, first, count, _in_code(view, first)))
+                        if first >= 0:
+                            out.append(ByteMatch(path, tag, first, _in_code(view, first)))
         except (OSError, ValueError):
             continue
     return out

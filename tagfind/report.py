@@ -127,8 +127,7 @@ def tag_rows(
             TagDriverRow(
                 tag=tag_to_str(match.tag), tag_value=match.tag, driver=driver_name(match.path),
                 path=match.path, arch=None, evidence="bytes", byte_offset=match.offset,
-                notes=[f"bytes only ({match.count}{'+' if match.count >= 100 else ''} hits, "
-                       f"first at file offset 0x{match.offset:x}"
+                notes=[f"bytes only (first at file offset 0x{match.offset:x}"
                        f"{' in code' if match.in_code else ''}): not a proven allocation"],
             )
         )
