@@ -32,7 +32,7 @@ class DefaultGroup(click.Group):
     most 4 characters, so they never collide with a subcommand name."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or args[0] not in self.commands:
+        if not args or (args[0] not in self.commands and args[0] != "--version"):
             args = ["query", *args]
         return super().parse_args(ctx, args)
 
@@ -135,30 +135,33 @@ def _run_query(tags: Sequence[str], opts: dict[str, Any]) -> int:
                                       all_pe=opts["all_pe"])
     except sources.SourcesError as exc:
         raise Fatal(str(exc)) from None
-    verbose = opts["verbose"]
-    if verbose:
+    if opts["verbose"]:
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
     index_path = opts["index_path"] or index_mod.default_index_path()
     try:
-        idx = index_mod.Index(index_path)
+        with index_mod.Index(index_path) as idx:
+            try:
+                return _with_index(idx, source_set.files, modes, counters, exact, globs, opts)
+            finally:
+                # The index may find and rebuild a damaged file at any step: say so once.
+                for warning in dict.fromkeys(idx.warnings):
+                    click.echo(f"tagfind: warning: {warning}", err=True)
     except index_mod.IndexUnavailable as exc:
         raise Fatal(str(exc)) from None
-    with idx:
-        for warning in idx.warnings:
-            click.echo(f"tagfind: warning: {warning}", err=True)
-        try:
-            stats = idx.refresh(source_set.files, rebuild=opts["rebuild_index"],
-                                jobs=opts["jobs"], timeout=opts["timeout"])
-        except index_mod.IndexUnavailable as exc:
-            raise Fatal(str(exc)) from None
-        _echo_stats(stats, verbose)
-        if not any(modes):
-            click.echo(_stats_line(stats))
-            return EXIT_FOUND
-        if counters is not None:
-            return _run_top(idx, source_set.files, counters, opts)
-        return _run_tag_query(idx, source_set.files, exact, globs, opts)
+
+
+def _with_index(idx: Any, files: list[str], modes: list[bool], counters: Any,
+                exact: list[int], globs: list[str], opts: dict[str, Any]) -> int:
+    stats = idx.refresh(files, rebuild=opts["rebuild_index"], jobs=opts["jobs"],
+                        timeout=opts["timeout"])
+    _echo_stats(stats, opts["verbose"])
+    if not any(modes):
+        click.echo(_stats_line(stats))
+        return EXIT_FOUND
+    if counters is not None:
+        return _run_top(idx, files, counters, opts)
+    return _run_tag_query(idx, files, exact, globs, opts)
 
 
 def _load_counters(opts: dict[str, Any]) -> Any:
@@ -291,8 +294,20 @@ def snapshot_cmd(output: str, from_file: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point."""
-    cli.main(args=list(argv) if argv is not None else None, prog_name="tagfind")
+    """Console entry point: like click's standalone mode, but a usage error is one line."""
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="tagfind",
+                        standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"tagfind: error: {exc.format_message()} (see tagfind --help)", err=True)
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("tagfind: error: interrupted", err=True)
+        sys.exit(EXIT_ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
