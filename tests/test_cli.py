@@ -219,8 +219,10 @@ def test_real_process(drivers, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert {line.split()[0] for line in proc.stdout.splitlines()[1:]
             if not line.startswith(" ")} == {"Test", "One1"}
-    bad = subprocess.run([sys.executable, "-m", "tagfind", "--drivers", str(drivers),
-                          "--index", str(tmp_path / "p.db"), "ABCDE"],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+    for args in (["ABCDE"], ["--top", "0"], ["--bogus-option"]):
+        bad = subprocess.run([sys.executable, "-m", "tagfind", "--drivers", str(drivers),
+                              "--index", str(tmp_path / "p.db"), *args],
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2
+        assert bad.stderr.startswith("tagfind: error:")
+        assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
