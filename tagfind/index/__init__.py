@@ -45,7 +45,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tags import tag_to_str
+from ..tags import tag_to_str
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
@@ -206,7 +206,7 @@ def current_scanner_version() -> int:
         version = _scanner_version_from_source()
         if version is not None:
             return version
-        from . import scan as module
+        from .. import scan as module
     return module.SCANNER_VERSION
 
 
@@ -422,7 +422,7 @@ class Index:
         """Indexed paths that may contain the tag's 4 bytes, by each content's bytefilter:
         every file that does is listed (plus about 1% that do not, to be confirmed by reading
         them). Contents without a filter, and tags the filter cannot answer, list all."""
-        from .bytefilter import covers, may_contain
+        from ..bytefilter import covers, may_contain
 
         skip = set(exclude)
         rows = self.conn.execute(
@@ -827,7 +827,7 @@ def _strerror(exc: OSError) -> str:
 
 
 def _hash_file(path: str) -> str | OSError:
-    from .limits import MAX_FILE_SIZE
+    from ..limits import MAX_FILE_SIZE
 
     try:
         size = os.path.getsize(path)
@@ -864,8 +864,8 @@ class _Outcome:
 
 def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
     """Read `path` once, hash what was read and scan those same bytes."""
-    from .limits import MAX_FILE_SIZE
-    from .scan import scan_file
+    from ..limits import MAX_FILE_SIZE
+    from ..scan import scan_file
 
     try:
         size = os.path.getsize(path)
@@ -876,7 +876,7 @@ def scan_for_index(path: str, expected_sha256: str) -> _Outcome:
     except OSError as exc:
         error = f"cannot read: {_strerror(exc)}"
         return _Outcome(expected_sha256, None, None, error, unreadable=True)
-    from .bytefilter import build
+    from ..bytefilter import build
 
     sha = hashlib.sha256(data).hexdigest()
     outcome = _outcome(sha, len(data), scan_file(path, data))
@@ -954,7 +954,7 @@ def worker_main() -> None:
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break frames
-    from . import scan  # noqa: F401  (the slow import, before any clock starts)
+    from .. import scan  # noqa: F401  (the slow import, before any clock starts)
 
     _send_frame(outbox, "ready")
     while (task := _read_frame(inbox)) is not None:
@@ -1029,7 +1029,7 @@ def _worker_env() -> dict[str, str]:
     it is not on the default path (a source checkout run in place). Never site-packages:
     PYTHONPATH goes before the standard library and could shadow it."""
     env = dict(os.environ)
-    here = str(Path(__file__).resolve().parents[1])
+    here = str(Path(__file__).resolve().parents[2])
     on_path = {os.path.normcase(os.path.abspath(p)) for p in sys.path if p}
     if os.path.normcase(here) not in on_path:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
