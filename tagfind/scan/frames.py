@@ -1,17 +1,22 @@
-"""Stack slots of one frame, shared by the x86 and ARM64 semantics (x64 keeps its own copy,
-tuned to its home space).
+"""Pieces every backend (x64, x86, ARM64) shares: the stack slots of one frame, the state at a
+function's entry, and the index of direct calls that a byte or word scan found.
 
 A frame is addressed by offsets from the stack pointer at function entry. At entry the
-caller's stack arguments sit above a fixed base: `arg_base` bytes up (4 on x86: past the return
-address; 0 on ARM64: the return address is in a register), one every `slot` bytes. Reading an
-untouched slot there in a `fresh` state gives ("arg", first_stack_arg + k).
+caller's stack arguments sit above a fixed base: `arg_base` bytes up (0x28 on x64: past the
+return address and the 32-byte home space; 4 on x86: past the return address; 0 on ARM64: the
+return address is in a register), one every `slot` bytes. Reading an untouched slot there in a
+`fresh` state gives ("arg", first_stack_arg + k).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from .dataflow import State, Value
+from .finder import CallEvent
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,53 @@ def drop_below(state: State, offset: int) -> None:
     """Forget slots below offset: the callee owned that memory."""
     for off in [o for o in state.stack if o < offset]:
         del state.stack[off]
+
+
+def entry_state(arg_regs: Sequence[str], sp: str, first_arg: int = 0) -> State:
+    """The state at a function's entry: arg_regs hold arguments first_arg, first_arg + 1, ...
+    and the stack pointer is offset 0 of the frame."""
+    regs: dict[str, Value] = {reg: ("arg", first_arg + i) for i, reg in enumerate(arg_regs)}
+    regs[sp] = ("sp", 0)
+    return State(regs, {}, fresh=True)
+
+
+def without_args(events: list[CallEvent]) -> list[CallEvent]:
+    """The events of an analysis that ran out of budget: the calls stand, but the argument
+    values observed before a fixpoint may be wrong and are dropped."""
+    return [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args)) for e in events]
+
+
+class CallIndex:
+    """Direct calls and jumps (source RVA -> target RVA) found by a scan of the code bytes,
+    sorted by target so that the questions below are binary searches. `is_call` marks the
+    calls among them (as opposed to jumps) when the scan told them apart."""
+
+    def __init__(self, srcs: Sequence[np.ndarray] = (), dsts: Sequence[np.ndarray] = (),
+                 calls: Sequence[np.ndarray] = ()) -> None:
+        self.src = np.zeros(0, dtype=np.int64)
+        self.dst = np.zeros(0, dtype=np.int64)
+        self.is_call = np.zeros(0, dtype=bool)
+        if srcs:
+            src, dst = np.concatenate(srcs), np.concatenate(dsts)
+            order = np.argsort(dst, kind="stable")
+            self.src, self.dst = src[order], dst[order]
+            if calls:
+                self.is_call = np.concatenate(calls)[order]
+
+    def callers_of(self, target: int) -> list[int]:
+        lo = np.searchsorted(self.dst, target, side="left")
+        hi = np.searchsorted(self.dst, target, side="right")
+        return self.src[lo:hi].tolist()
+
+    def callers_of_any(self, targets: Iterable[int]) -> list[int]:
+        """Sources of the branches to any of targets, in target order."""
+        wanted = np.array(sorted(targets), dtype=np.int64)
+        if not len(wanted):
+            return []
+        return self.src[np.isin(self.dst, wanted)].tolist()
+
+    def called_between(self, lo: int, hi: int) -> list[int]:
+        """The distinct targets in [lo, hi), sorted."""
+        a = np.searchsorted(self.dst, lo, side="left")
+        b = np.searchsorted(self.dst, hi, side="left")
+        return np.unique(self.dst[a:b]).tolist()

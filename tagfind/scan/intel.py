@@ -1,0 +1,545 @@
+"""What the x64 and x86 backends share: the x86 family's instructions in capstone's Intel text.
+
+This module owns the register tables of each mode (64- and 32-bit), the parsing of text
+operands (`dword ptr [reg + disp]`, immediates), the tables of what an instruction writes (ALU
+folding, implicit writes, instructions that write nothing), a base semantics class with every
+transfer rule both modes follow alike, control flow (jumps and terminators), the linear decode
+loop, and the numpy pass over the code bytes that both backends' candidate searches start from
+(every 4-byte value, rel32 calls and jumps).
+
+What differs stays in x64.py and x86.py: the calling convention and argument capture, how the
+stack pointer is followed across calls (x86 re-bases an unknown esp), what an address without
+a base register or relative to rip means, and how candidate functions are found.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+
+import capstone
+import numpy as np
+
+from ..apis import APIS_BY_IMPORT
+from .dataflow import Flow, Insn, State, Value
+from .frames import CallIndex, FrameLayout, narrow, read_stack, write_stack
+
+# --- registers --------------------------------------------------------------------------------
+# The eight legacy registers by their 16-bit name, with their byte halves (low, high).
+_LEGACY = {"ax": ("al", "ah"), "bx": ("bl", "bh"), "cx": ("cl", "ch"), "dx": ("dl", "dh"),
+           "si": (), "di": (), "bp": (), "sp": ()}
+HIGH_BYTES = frozenset({"ah", "bh", "ch", "dh"})
+
+
+def register_table(bits: int) -> dict[str, tuple[str, int]]:
+    """register name -> (full-width family, width in bits) in 64- or 32-bit mode."""
+    regs: dict[str, tuple[str, int]] = {}
+
+    def add(family: str, subs: list[tuple[str, int]]) -> None:
+        regs[family] = (family, bits)
+        for sub, width in subs:
+            regs[sub] = (family, width)
+
+    for name, halves in _LEGACY.items():
+        subs = [(name, 16)] + [(half, 8) for half in halves]
+        if bits == 64:
+            # REX gives si/di/bp/sp a low byte (sil, ...); the others already have one.
+            rex_byte = [] if halves else [(name + "l", 8)]
+            add("r" + name, [("e" + name, 32), *subs, *rex_byte])
+        else:
+            add("e" + name, subs)
+    if bits == 64:
+        for n in range(8, 16):
+            add(f"r{n}", [(f"r{n}d", 32), (f"r{n}w", 16), (f"r{n}b", 8)])
+    return regs
+
+
+def family(name64: str, bits: int) -> str:
+    """The family named by its 64-bit name ("rax") in a mode: "eax" in 32-bit mode."""
+    return name64 if bits == 64 else "e" + name64[1:]
+
+
+# --- operands ---------------------------------------------------------------------------------
+PTR_WIDTH = {"byte": 1, "word": 2, "dword": 4, "qword": 8, "tbyte": 10, "xmmword": 16,
+             "ymmword": 32, "zmmword": 64}
+_MEM = re.compile(r"^(?:(\w+) ptr )?(?:(\w+):)?\[([^\]]*)\]$")
+_TERM = re.compile(r"([+-])?\s*(\w+)(?:\*(\d))?")
+OTHER = "?"  # the base of a memory operand that is not a full register plus a constant
+
+
+@lru_cache(maxsize=1 << 16)
+def parse_memory(text: str, bits: int) -> tuple[int, str | None, int] | None:
+    """A memory operand as (width, base, disp): base is a full-width register family, "rip",
+    None for an absolute address, or OTHER for an address we cannot follow (an index register,
+    a narrow base, a segment other than ds/ss: fs:/gs: point at the KPCR/TEB, not our frame).
+    None if text is not a memory operand. Cached: the same operand strings recur thousands of
+    times in one image."""
+    m = _MEM.match(text)
+    if not m:
+        return None
+    width = PTR_WIDTH.get(m.group(1), bits // 8)
+    if m.group(2) and m.group(2) not in ("ds", "ss"):
+        return (width, OTHER, 0)
+    regs = _REGS[bits]
+    base = None
+    disp = 0
+    for sign, term, scale in _TERM.findall(m.group(3)):
+        if term in regs or term == "rip":
+            if scale or base is not None:
+                return (width, OTHER, 0)
+            base = term
+        else:
+            try:
+                value = int(term, 0)
+            except ValueError:
+                return (width, OTHER, 0)
+            disp += -value if sign == "-" else value
+    if base is None or base == "rip":
+        return (width, base, disp)
+    base_family, base_bits = regs[base]
+    return (width, base_family, disp) if base_bits == bits else (width, OTHER, 0)
+
+
+def operands(op_str: str) -> list[str]:
+    return [part.strip() for part in op_str.split(", ")] if op_str else []
+
+
+def direct_target(op_str: str) -> int | None:
+    """The target of a direct call or jump (`call 0x1234`), None for an indirect one."""
+    if op_str.startswith("0x") or op_str.isdigit():
+        try:
+            return int(op_str, 0)
+        except ValueError:
+            return None
+    return None
+
+
+def signed(value: int, bits: int) -> int:
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+# --- what instructions write ------------------------------------------------------------------
+def alu_table(bits: int) -> dict:
+    """Constant folding of the two-operand ALU instructions (the caller masks the result)."""
+    count = bits - 1  # shift counts are masked to the operand width
+
+    def shl(a: int, b: int) -> int:
+        return a << (b & count)
+
+    return {
+        "add": lambda a, b: a + b,
+        "sub": lambda a, b: a - b,
+        "and": lambda a, b: a & b,
+        "or": lambda a, b: a | b,
+        "xor": lambda a, b: a ^ b,
+        "shl": shl,
+        "sal": shl,
+        "shr": lambda a, b: a >> (b & count),
+    }
+
+
+# Instructions that write registers other than their first operand (64-bit names; in 32-bit
+# mode rax stands for eax, and r8-r15 do not exist).
+_IMPLICIT_WRITES = {
+    "mul": ("rax", "rdx"), "div": ("rax", "rdx"), "idiv": ("rax", "rdx"),
+    "cdq": ("rdx",), "cqo": ("rdx",), "cwd": ("rdx",), "cdqe": ("rax",), "cwde": ("rax",),
+    "cbw": ("rax",), "cpuid": ("rax", "rbx", "rcx", "rdx"), "rdtsc": ("rax", "rdx"),
+    "rdtscp": ("rax", "rcx", "rdx"), "rdmsr": ("rax", "rdx"), "syscall": ("rax", "rcx", "r11"),
+    "xgetbv": ("rax", "rdx"), "cmpxchg": ("rax",), "cmpxchg8b": ("rax", "rdx"),
+    "cmpxchg16b": ("rax", "rdx"), "lodsb": ("rax", "rsi"), "lodsw": ("rax", "rsi"),
+    "lodsd": ("rax", "rsi"), "lodsq": ("rax", "rsi"), "in": ("rax",), "lahf": ("rax",),
+}
+
+
+def implicit_writes(bits: int) -> dict[str, tuple[str, ...]]:
+    return {mnem: tuple(family(r, bits) for r in regs if bits == 64 or not r[1:].isdigit())
+            for mnem, regs in _IMPLICIT_WRITES.items()}
+
+
+# Instructions that write no register or stack slot we track (or that only read memory).
+NO_WRITE = frozenset({
+    "cmp", "test", "bt", "nop", "push", "ucomiss", "ucomisd", "comiss", "comisd", "prefetch",
+    "prefetchw", "prefetcht0", "int3", "ud2", "pause", "lfence", "mfence", "sfence", "clflush",
+    "invlpg", "out", "wrmsr", "cli", "sti", "hlt", "endbr64", "endbr32", "cld", "std", "clc",
+    "stc", "int", "lidt", "lgdt", "fldcw",
+})
+TERMINATORS = frozenset({"ret", "retf", "iret", "iretd", "iretq", "int3", "ud2", "hlt"})
+
+
+class Mode:
+    """The tables of one processor mode."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.word = bits // 8
+        self.mask = (1 << bits) - 1
+        self.regs = _REGS[bits]
+        self.alu = alu_table(bits)
+        self.implicit = implicit_writes(bits)
+        self.sp, self.fp, self.ax, self.dx = (family(r, bits) for r in ("rsp", "rbp", "rax", "rdx"))
+        self.string_regs = tuple(family(r, bits) for r in ("rcx", "rdi", "rsi"))
+
+
+_REGS = {64: register_table(64), 32: register_table(32)}
+MODE64 = Mode(64)
+MODE32 = Mode(32)
+
+
+# --- semantics --------------------------------------------------------------------------------
+class IntelSemantics:
+    """Transfer function of the instructions both modes treat alike. A subclass sets `mode`,
+    `layout` (its stack arguments), `const_widths` (the widths of read-only data it folds) and
+    `no_write`, and supplies what differs:
+
+    - `_sp`: the stack pointer's frame offset (x86 re-bases an unknown esp);
+    - `_absolute`: what an address without a base register refers to;
+    - `_image_address`: the value `lea` gives for an address in the image;
+    - `_call`: what a call does to registers and the stack;
+    - `call_target` and `call_args`."""
+
+    mode: Mode
+    layout: FrameLayout
+    const_widths: frozenset[int]
+    no_write: frozenset[str] = NO_WRITE
+
+    def __init__(self, image, imports: dict[int, str]) -> None:
+        self.image = image
+        self.base = image.image_base
+        self.imports = imports  # IAT slot RVA -> API name, for loads of a pointer-sized slot
+        mode = self.mode
+        self.regs = mode.regs
+        self.bits = mode.bits
+        self.mask = mode.mask
+        self.word = mode.word
+        self.sp = mode.sp
+
+    @staticmethod
+    def unknown_state() -> State:
+        return State()
+
+    # --- hooks ------------------------------------------------------------------------------
+    def _sp(self, state: State, insn: Insn, establish: bool = True) -> int | None:
+        """The stack pointer's offset in the frame, None when unknown."""
+        sp = state.regs.get(self.sp)
+        return sp[1] if isinstance(sp, tuple) and sp[0] == "sp" else None
+
+    def _absolute(self, disp: int, width: int) -> tuple[str, int | None, int]:
+        return ("other", None, width)
+
+    def _image_address(self, rva: int) -> Value | None:
+        return rva
+
+    def _call(self, state: State, insn: Insn) -> None:
+        raise NotImplementedError
+
+    # --- operands ---------------------------------------------------------------------------
+    def _mem(self, state: State, insn: Insn, text: str,
+             establish: bool = True) -> tuple[str, int | None, int] | None:
+        """Classify a memory operand: ('stack', offset, width), ('image', rva, width),
+        ('other', None, width); None if text is not a memory operand."""
+        parsed = parse_memory(text, self.bits)
+        if parsed is None:
+            return None
+        width, base, disp = parsed
+        if base is None:
+            return self._absolute(disp, width)
+        if base == "rip":
+            return ("image", insn.next + disp, width)
+        if base == OTHER:
+            return ("other", None, width)
+        if base == self.sp:
+            offset = self._sp(state, insn, establish)
+        else:
+            value = state.regs.get(base)
+            offset = value[1] if isinstance(value, tuple) and value[0] == "sp" else None
+        return ("stack", offset + disp, width) if offset is not None else ("other", None, width)
+
+    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
+        """The value an operand holds, or None when unknown. establish=False leaves an unknown
+        stack pointer unknown (for callers that must not change the state)."""
+        reg = self.regs.get(text)
+        if reg is not None:
+            if text in HIGH_BYTES:
+                value = state.regs.get(reg[0])
+                return (value >> 8) & 0xFF if isinstance(value, int) else None
+            return narrow(state.regs.get(reg[0]), reg[1], self.bits)
+        if text[:1].isdigit() or text[:1] == "-":
+            try:
+                return int(text, 0) & self.mask
+            except ValueError:
+                return None
+        mem = self._mem(state, insn, text, establish)
+        if mem is None:
+            return None
+        kind, where, width = mem
+        if kind == "stack":
+            return read_stack(state, self.layout, where, width)
+        if kind == "image":
+            if width == self.word and where in self.imports:
+                return ("imp", self.imports[where])
+            if width in self.const_widths and self.image.is_readonly_data(where):
+                raw = self.image.read(where, width)
+                if len(raw) == width:
+                    return int.from_bytes(raw, "little")
+        return None
+
+    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
+        reg = self.regs.get(text)
+        if reg is not None:
+            reg_family, bits = reg
+            if bits == self.bits:
+                if isinstance(value, int):
+                    value &= self.mask
+            elif bits == 32:
+                value = narrow(value, 32, self.bits)  # a 32-bit write zero-extends (x64)
+            else:
+                value = None  # partial write: the whole register is unknown
+            if value is None:
+                state.regs.pop(reg_family, None)
+            else:
+                state.regs[reg_family] = value
+            return
+        mem = self._mem(state, insn, text)
+        if mem is not None and mem[0] == "stack":
+            write_stack(state, self.layout, mem[1], mem[2], value)
+
+    def _address(self, state: State, insn: Insn, text: str) -> Value | None:
+        mem = self._mem(state, insn, text)
+        if mem is None:
+            return None
+        kind, where, _ = mem
+        if kind == "stack":
+            return ("sp", where)
+        if kind == "image":
+            return self._image_address(where)
+        return None
+
+    # --- transfer ---------------------------------------------------------------------------
+    def transfer(self, state: State, insn: Insn) -> None:
+        mnem = insn.mnemonic
+        ops = operands(insn.op_str)
+        if mnem in ("mov", "movabs") and len(ops) == 2:
+            self.write(state, insn, ops[0], self.read(state, insn, ops[1]))
+        elif mnem == "lea" and len(ops) == 2:
+            self.write(state, insn, ops[0], self._address(state, insn, ops[1]))
+        elif mnem in ("movzx", "movsx", "movsxd") and len(ops) == 2:
+            value = self.read(state, insn, ops[1])
+            self.write(state, insn, ops[0], value if isinstance(value, int) and mnem == "movzx"
+                       else None)
+        elif mnem == "xor" and len(ops) == 2 and ops[0] == ops[1] and ops[0] in self.regs:
+            self.write(state, insn, ops[0], 0)
+        elif mnem in self.mode.alu and len(ops) == 2:
+            self._alu(state, insn, mnem, ops)
+        elif mnem in ("inc", "dec") and len(ops) == 1:
+            value = self.read(state, insn, ops[0])
+            delta = 1 if mnem == "inc" else -1
+            self.write(state, insn, ops[0],
+                       (value + delta) & self.mask if isinstance(value, int) else None)
+        elif mnem == "push" and ops:
+            value = self.read(state, insn, ops[0])
+            reg = self.regs.get(ops[0])
+            width = 2 if reg is not None and reg[1] == 16 else self.word
+            sp = self._sp(state, insn)
+            if sp is not None:
+                state.regs[self.sp] = ("sp", sp - width)
+                write_stack(state, self.layout, sp - width, width, value)
+        elif mnem == "pop" and ops:
+            sp = self._sp(state, insn)
+            value = None
+            if sp is not None:
+                value = read_stack(state, self.layout, sp, self.word)
+                state.regs[self.sp] = ("sp", sp + self.word)
+            self.write(state, insn, ops[0], value)
+        elif mnem == "xchg" and len(ops) == 2:
+            a, b = self.read(state, insn, ops[0]), self.read(state, insn, ops[1])
+            self.write(state, insn, ops[0], b)
+            self.write(state, insn, ops[1], a)
+        elif mnem == "call":
+            self._call(state, insn)
+        elif mnem == "leave":
+            fp = self.mode.fp
+            frame = state.regs.get(fp)
+            if isinstance(frame, tuple) and frame[0] == "sp":
+                value = read_stack(state, self.layout, frame[1], self.word)
+                state.regs[self.sp] = ("sp", frame[1] + self.word)
+                self.write(state, insn, fp, value)
+            else:
+                state.regs.pop(self.sp, None)
+                state.regs.pop(fp, None)
+        else:
+            self._generic(state, insn, mnem, ops)
+
+    def _alu(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
+        a = self.read(state, insn, ops[0])
+        b = self.read(state, insn, ops[1])
+        if isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) and mnem in ("add", "sub"):
+            delta = signed(b if mnem == "add" else -b, self.bits)
+            self.write(state, insn, ops[0], ("sp", a[1] + delta))
+            return
+        if mnem == "and" and b == 0:
+            self.write(state, insn, ops[0], 0)
+        elif isinstance(a, int) and isinstance(b, int):
+            self.write(state, insn, ops[0], self.mode.alu[mnem](a, b) & self.mask)
+        else:
+            self.write(state, insn, ops[0], None)
+
+    def _generic(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
+        """Any other instruction: it writes its first operand, plus the registers it is known
+        to write implicitly."""
+        mode = self.mode
+        base = mnem.split()[-1]  # "rep stosd" -> "stosd"
+        for reg in mode.implicit.get(base, ()):
+            state.regs.pop(reg, None)
+        if base == "imul" and len(ops) == 1:
+            state.regs.pop(mode.ax, None)
+            state.regs.pop(mode.dx, None)
+            return
+        if mnem.startswith("rep") or base.startswith(("stos", "movs", "scas", "cmps")):
+            for reg in mode.string_regs:
+                state.regs.pop(reg, None)
+            if base.startswith(("stos", "movs")):
+                state.stack.clear()  # a block write through rdi/edi may cover our frame
+            return
+        if base in self.no_write or base.startswith(("j", "loop", "set")) and base != "jmp":
+            if base.startswith("set") and ops:
+                self.write(state, insn, ops[0], None)
+            return
+        if base.startswith("cmov") and ops:
+            self.write(state, insn, ops[0], None)
+            return
+        if ops:
+            self.write(state, insn, ops[0], None)
+            if base in ("xadd", "cmpxchg") and len(ops) == 2:
+                self.write(state, insn, ops[1], None)
+
+    # --- control flow -----------------------------------------------------------------------
+    @staticmethod
+    def flow(insn: Insn) -> Flow:
+        mnem = insn.mnemonic
+        if mnem in TERMINATORS:
+            return Flow((), False)
+        if mnem == "jmp":
+            target = direct_target(insn.op_str)
+            return Flow((target,) if target is not None else (), False)
+        if mnem.startswith(("j", "loop")):
+            target = direct_target(insn.op_str)
+            return Flow((target,) if target is not None else (), True)
+        return Flow()
+
+
+# --- decoding -----------------------------------------------------------------------------------
+def make_decoder(bits: int) -> capstone.Cs:
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64
+                     else capstone.CS_MODE_32)
+    md.skipdata = False
+    return md
+
+
+_NEVER = 1 << 64  # a stop_after no address reaches
+
+
+def decode(md: capstone.Cs, code: bytes, address: int, stop_after: int = _NEVER) -> list[Insn]:
+    """Decode code (which starts at address) linearly. Past stop_after, stop at the first
+    instruction that does not fall through: the last block we need is complete. Undecodable
+    bytes are skipped one at a time: they are data or padding inside the code section."""
+    out: list[Insn] = []
+    offset = 0
+    limit = len(code)
+    while offset < limit:
+        for addr, size, mnem, ops in md.disasm_lite(code[offset:], address + offset):
+            out.append(Insn(addr, size, mnem, ops))
+            offset = addr + size - address
+            if addr > stop_after and (mnem in TERMINATORS or mnem == "jmp"):
+                return out
+        if offset < limit:
+            offset += 1  # the decoder stopped at a byte it cannot decode
+    return out
+
+
+# --- the byte pass behind the candidate searches ----------------------------------------------
+_CHUNK = 1 << 22
+
+
+def scan_dwords(sections) -> Iterator[tuple[object, np.ndarray, int, np.ndarray, np.ndarray]]:
+    """Every 4-byte little-endian value in the sections, a chunk at a time, without decoding:
+    (section, its bytes, chunk start, offsets q in the section, values at q as signed int64)."""
+    for section in sections:
+        data = section.data
+        raw = np.frombuffer(data, dtype=np.uint8)
+        for start in range(0, max(0, len(data) - 4) + 1, _CHUNK):
+            stop = min(len(data) - 3, start + _CHUNK)
+            if stop <= start:
+                break
+            value = np.ndarray((stop - start,), dtype="<i4", buffer=data, offset=start,
+                               strides=(1,)).astype(np.int64)
+            yield section, raw, start, np.arange(start, stop, dtype=np.int64), value
+
+
+def find_in(values: np.ndarray, wanted: np.ndarray) -> list[int]:
+    """Indices of values that are in wanted (sorted)."""
+    if not len(wanted):
+        return []
+    near = np.flatnonzero((values >= wanted[0]) & (values <= wanted[-1]))
+    return near[np.isin(values[near], wanted)].tolist()
+
+
+def rel32_branches(section, raw: np.ndarray, q: np.ndarray, target: np.ndarray, code_lo: int,
+                   code_hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source RVA, target RVA, is a call) of each E8/E9 rel32 whose displacement is at q and
+    whose target lies in [code_lo, code_hi)."""
+    opcode_at = q - 1
+    ok = opcode_at >= 0
+    op = np.zeros(len(q), dtype=np.uint8)
+    op[ok] = raw[opcode_at[ok]]
+    is_rel = (op == 0xE8) | (op == 0xE9)
+    idx = np.flatnonzero(is_rel & (target >= code_lo) & (target < code_hi))
+    return opcode_at[idx] + section.rva, target[idx], op[idx] == 0xE8
+
+
+def code_bounds(sections) -> tuple[int, int]:
+    return min(s.rva for s in sections), max(s.rva + s.size for s in sections)
+
+
+# --- the backend protocol pieces both modes share ---------------------------------------------
+class IntelBackend:
+    """The parts of a backend both modes share. A subclass fills `_hits` (sites that reference
+    a pool-API IAT slot), `_local_apis` (thunks found, besides exports) and `calls`."""
+
+    def __init__(self, image) -> None:
+        self.image = image
+        self.base = image.image_base
+        self.api_slots = {
+            slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
+        }
+        self._local_apis = {
+            rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
+        }
+        self._hits: list[int] = []
+        self.calls = CallIndex()
+
+    def _thunk_disp(self, rva: int) -> int:
+        """Where the IAT displacement of the thunk at rva is (its own reference, not a use)."""
+        return rva + 2
+
+    def local_apis(self) -> dict[int, str]:
+        return dict(self._local_apis)
+
+    def candidate_functions(self) -> list[int]:
+        rvas = list(self._hits) + self.calls.callers_of_any(self._local_apis)
+        thunk_disps = {self._thunk_disp(rva) for rva in self._local_apis}
+        out = []
+        for rva in rvas:
+            if rva in thunk_disps:
+                continue  # the thunk itself
+            function = self.function_of(rva)
+            if function is not None:
+                out.append(function)
+        return out
+
+    def callers_of(self, target: int) -> list[int]:
+        return self.calls.callers_of(target)
+
+    def function_of(self, rva: int) -> int | None:
+        raise NotImplementedError
