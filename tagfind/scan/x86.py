@@ -1,4 +1,6 @@
-"""x86 (32-bit) semantics and backend for the scanner.
+"""x86 (32-bit) backend for the scanner: what 32-bit code does differently from x64 (stdcall
+arguments, esp followed across calls, absolute addresses, function starts without .pdata).
+The instruction semantics both modes share live in intel.py.
 
 Calling convention. Kernel APIs are stdcall (NTAPI): arguments are pushed right to left, so at
 the call argument k is the dword at [esp+4k], and the callee pops them (`ret 4n`). Compilers
@@ -46,16 +48,35 @@ it stands alone after padding, a ret or another thunk; inside a function it is a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-import capstone
 import numpy as np
 
-from ..apis import APIS_BY_IMPORT
-from .dataflow import Flow, Insn, State, Value, run
+from .dataflow import Insn, State, Value, run
 from .finder import CallEvent
-from .frames import FrameLayout, drop_below, narrow, read_stack, write_stack
+from .frames import (
+    CallIndex,
+    FrameLayout,
+    drop_below,
+    entry_state,
+    read_stack,
+    without_args,
+    write_stack,
+)
+from .intel import (
+    MODE32,
+    NO_WRITE,
+    IntelBackend,
+    IntelSemantics,
+    code_bounds,
+    decode,
+    direct_target,
+    find_in,
+    make_decoder,
+    operands,
+    rel32_branches,
+    scan_dwords,
+)
 
 MASK32 = 0xFFFFFFFF
 MAX_SLOTS = 10  # argument slots read at a call: enough for every API in apis.py
@@ -132,79 +153,12 @@ def import_pops(name: str) -> int | None:
     return OTHER_IMPORT_POPS.get(name)
 
 
-_FAMILIES = {
-    "eax": ("ax", "al", "ah"),
-    "ebx": ("bx", "bl", "bh"),
-    "ecx": ("cx", "cl", "ch"),
-    "edx": ("dx", "dl", "dh"),
-    "esi": ("si",),
-    "edi": ("di",),
-    "ebp": ("bp",),
-    "esp": ("sp",),
-}
-REGS: dict[str, tuple[str, int]] = {}  # register name -> (32-bit family, width in bits)
-for _family, _subs in _FAMILIES.items():
-    REGS[_family] = (_family, 32)
-    for _sub, _bits in zip(_subs, (16, 8, 8), strict=False):
-        REGS[_sub] = (_family, _bits)
-
-_PTR_WIDTH = {"byte": 1, "word": 2, "dword": 4, "qword": 8, "tbyte": 10, "xmmword": 16,
-              "ymmword": 32, "zmmword": 64}
-_MEM = re.compile(r"^(?:(\w+) ptr )?(?:(\w+):)?\[([^\]]*)\]$")
-_TERM = re.compile(r"([+-])?\s*(\w+)(?:\*(\d))?")
-
-_ALU = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "and": lambda a, b: a & b,
-    "or": lambda a, b: a | b,
-    "xor": lambda a, b: a ^ b,
-    "shl": lambda a, b: a << (b & 31),
-    "sal": lambda a, b: a << (b & 31),
-    "shr": lambda a, b: a >> (b & 31),
-}
-_IMPLICIT_WRITES = {
-    "mul": ("eax", "edx"), "div": ("eax", "edx"), "idiv": ("eax", "edx"),
-    "cdq": ("edx",), "cwd": ("edx",), "cwde": ("eax",), "cbw": ("eax",),
-    "cpuid": ("eax", "ebx", "ecx", "edx"), "rdtsc": ("eax", "edx"), "rdtscp": ("eax", "ecx", "edx"),
-    "rdmsr": ("eax", "edx"), "xgetbv": ("eax", "edx"), "cmpxchg": ("eax",),
-    "cmpxchg8b": ("eax", "edx"), "lodsb": ("eax", "esi"), "lodsw": ("eax", "esi"),
-    "lodsd": ("eax", "esi"), "in": ("eax",), "lahf": ("eax",),
-}
-_NO_WRITE = {"cmp", "test", "bt", "nop", "ucomiss", "ucomisd", "comiss", "comisd", "prefetch",
-             "prefetchw", "prefetcht0", "int3", "ud2", "pause", "lfence", "mfence", "sfence",
-             "clflush", "invlpg", "out", "wrmsr", "cli", "sti", "hlt", "endbr32", "cld", "std",
-             "clc", "stc", "int", "lidt", "lgdt", "sidt", "sgdt", "fnstcw", "fldcw"}
-_TERMINATORS = {"ret", "retf", "iretd", "iret", "int3", "ud2", "hlt"}
-
-
-def make_decoder() -> capstone.Cs:
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
-    md.skipdata = False
-    return md
-
-
-def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
-    """Decode code (which starts at address) linearly to its end. Undecodable bytes are
-    skipped one at a time: they are data or padding inside the code section."""
-    out: list[Insn] = []
-    offset = 0
-    limit = len(code)
-    while offset < limit:
-        for addr, size, mnem, ops in md.disasm_lite(code[offset:], address + offset):
-            out.append(Insn(addr, size, mnem, ops))
-            offset = addr + size - address
-        if offset < limit:
-            offset += 1
-    return out
-
-
 def epoch_base(address: int) -> int:
     """The symbolic stack offset an unknown esp is re-based to at the instruction at address."""
     return -(address + 1) * EPOCH_SPAN
 
 
-class X86Semantics:
+class X86Semantics(IntelSemantics):
     """Transfer function and call resolution for one image's 32-bit x86 code.
 
     `callee_pops(target)` answers how many bytes a call target pops (None: unknown) and
@@ -212,29 +166,28 @@ class X86Semantics:
     caller, as MSVC's __SEH_prolog4 does; the backend supplies both because they need to
     decode the callee."""
 
+    mode = MODE32
+    layout = LAYOUT
+    const_widths = frozenset((1, 2, 4))
+    # The x86 scanner has always treated these stores (of the IDT/GDT register, of the x87
+    # control word) as writing nothing; kept so that its results do not change.
+    no_write = NO_WRITE | {"sidt", "sgdt", "fnstcw"}
+
     def __init__(self, image, callee_pops: Callable[[Value | None], int | None],
                  thunk_api: Callable[[int], str | None],
                  moves_frame: Callable[[Value | None], bool] = lambda _target: False) -> None:
-        self.image = image
-        self.base = image.image_base
-        self.imports = image.imports  # IAT slot RVA -> API name (all: stack effects need them)
+        # All imports: the stack effects of calls need every one, not only the pool APIs.
+        super().__init__(image, image.imports)
         self.callee_pops = callee_pops
         self.thunk_api = thunk_api
         self.moves_frame = moves_frame
 
-    # --- states -----------------------------------------------------------------------------
     @staticmethod
     def entry_state() -> State:
-        regs: dict[str, Value] = {reg: ("arg", MAX_SLOTS + i) for i, reg in enumerate(REG_ARGS)}
-        regs["esp"] = ("sp", 0)
-        return State(regs, {}, fresh=True)
+        return entry_state(REG_ARGS, "esp", MAX_SLOTS)
 
-    @staticmethod
-    def unknown_state() -> State:
-        return State()
-
-    # --- operands ---------------------------------------------------------------------------
-    def _esp(self, state: State, insn: Insn, establish: bool = True) -> int | None:
+    # --- what differs from x64 --------------------------------------------------------------
+    def _sp(self, state: State, insn: Insn, establish: bool = True) -> int | None:
         """The stack pointer's offset; an unknown esp is re-based to this instruction's epoch
         when establish is set (see the module docstring)."""
         sp = state.regs.get("esp")
@@ -246,176 +199,29 @@ class X86Semantics:
         state.regs["esp"] = ("sp", base)
         return base
 
-    def _mem(self, state: State, insn: Insn, text: str,
-             establish: bool = True) -> tuple[str, int | None, int] | None:
-        """Classify a memory operand: ('stack', offset, width), ('abs', rva, width),
-        ('other', None, width); None if text is not a memory operand."""
-        m = _MEM.match(text)
-        if not m:
-            return None
-        width = _PTR_WIDTH.get(m.group(1) or "dword", 4)
-        if m.group(2) and m.group(2) not in ("ds", "ss"):
-            return ("other", None, width)  # fs:/gs: point at the KPCR/TEB, not our frame
-        base = None
-        disp = 0
-        for sign, term, scale in _TERM.findall(m.group(3)):
-            if term in REGS:
-                if scale or base is not None:
-                    return ("other", None, width)
-                base = term
-            else:
-                try:
-                    value = int(term, 0)
-                except ValueError:
-                    return ("other", None, width)
-                disp += -value if sign == "-" else value
-        if base is None:
-            return ("abs", (disp - self.base) & MASK32, width)
-        family, bits = REGS[base]
-        if bits != 32:
-            return ("other", None, width)
-        if family == "esp":
-            sp = self._esp(state, insn, establish)
-            return ("stack", sp + disp, width) if sp is not None else ("other", None, width)
-        value = state.regs.get(family)
-        if isinstance(value, tuple) and value[0] == "sp":
-            return ("stack", value[1] + disp, width)
-        return ("other", None, width)
+    def _absolute(self, disp: int, width: int) -> tuple[str, int | None, int]:
+        return ("image", (disp - self.base) & MASK32, width)  # operands hold VAs
 
-    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
-        """The value an operand holds, or None when unknown. establish=False leaves an unknown
-        esp unknown (for callers that must not change the state)."""
-        reg = REGS.get(text)
-        if reg is not None:
-            family, bits = reg
-            if text in ("ah", "bh", "ch", "dh"):
-                value = state.regs.get(family)
-                return (value >> 8) & 0xFF if isinstance(value, int) else None
-            return narrow(state.regs.get(family), bits, 32)
-        if text[:1].isdigit() or text[:1] == "-":
-            try:
-                return int(text, 0) & MASK32
-            except ValueError:
-                return None
-        mem = self._mem(state, insn, text, establish)
-        if mem is None:
-            return None
-        kind, where, width = mem
-        if kind == "stack":
-            return read_stack(state, LAYOUT, where, width)
-        if kind == "abs":
-            if width == 4 and where in self.imports:
-                return ("imp", self.imports[where])
-            if width in (1, 2, 4) and self.image.is_readonly_data(where):
-                raw = self.image.read(where, width)
-                if len(raw) == width:
-                    return int.from_bytes(raw, "little")
-        return None
+    def _image_address(self, rva: int) -> Value | None:
+        return (rva + self.base) & MASK32  # lea of an absolute address gives the VA
 
-    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
-        reg = REGS.get(text)
-        if reg is not None:
-            family, bits = reg
-            if bits == 32:
-                if value is None:
-                    state.regs.pop(family, None)
-                else:
-                    state.regs[family] = value & MASK32 if isinstance(value, int) else value
-            else:
-                state.regs.pop(family, None)  # partial write: the whole register is unknown
-            return
-        mem = self._mem(state, insn, text)
-        if mem is not None and mem[0] == "stack":
-            write_stack(state, LAYOUT, mem[1], mem[2], value)
-
-    def _address(self, state: State, insn: Insn, text: str) -> Value | None:
-        mem = self._mem(state, insn, text)
-        if mem is None:
-            return None
-        kind, where, _ = mem
-        if kind == "stack":
-            return ("sp", where)
-        if kind == "abs":
-            return (where + self.base) & MASK32  # lea of an absolute address gives the VA
-        return None
-
-    # --- transfer ---------------------------------------------------------------------------
-    def transfer(self, state: State, insn: Insn) -> None:
-        mnem = insn.mnemonic
-        ops = _operands(insn.op_str)
-        if mnem == "mov" and len(ops) == 2:
-            self.write(state, insn, ops[0], self.read(state, insn, ops[1]))
-        elif mnem == "lea" and len(ops) == 2:
-            self.write(state, insn, ops[0], self._address(state, insn, ops[1]))
-        elif mnem in ("movzx", "movsx") and len(ops) == 2:
-            value = self.read(state, insn, ops[1])
-            self.write(state, insn, ops[0], value if isinstance(value, int) and mnem == "movzx"
-                       else None)
-        elif mnem == "xor" and len(ops) == 2 and ops[0] == ops[1] and ops[0] in REGS:
-            self.write(state, insn, ops[0], 0)
-        elif mnem in _ALU and len(ops) == 2:
-            self._alu(state, insn, mnem, ops)
-        elif mnem in ("inc", "dec") and len(ops) == 1:
-            value = self.read(state, insn, ops[0])
-            delta = 1 if mnem == "inc" else -1
-            self.write(state, insn, ops[0],
-                       (value + delta) & MASK32 if isinstance(value, int) else None)
-        elif mnem == "push" and ops:
-            value = self.read(state, insn, ops[0])
-            width = 2 if ops[0] in REGS and REGS[ops[0]][1] == 16 else 4
-            sp = self._esp(state, insn) - width
-            state.regs["esp"] = ("sp", sp)
-            write_stack(state, LAYOUT, sp, width, value)
-        elif mnem == "pop" and ops:
-            sp = self._esp(state, insn)
-            value = read_stack(state, LAYOUT, sp, 4)
-            state.regs["esp"] = ("sp", sp + 4)
-            self.write(state, insn, ops[0], value)
-        elif mnem in ("pushal", "pushad", "pushfd", "pushf"):
+    def _generic(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
+        if mnem in ("pushal", "pushad", "pushfd", "pushf"):
             size = 32 if mnem.startswith("pusha") else 4
-            sp = self._esp(state, insn) - size
+            sp = self._sp(state, insn) - size
             state.regs["esp"] = ("sp", sp)
             write_stack(state, LAYOUT, sp, size, None)
         elif mnem in ("popal", "popad", "popfd", "popf"):
             size = 32 if mnem.startswith("popa") else 4
-            state.regs["esp"] = ("sp", self._esp(state, insn) + size)
+            state.regs["esp"] = ("sp", self._sp(state, insn) + size)
             if size == 32:
                 for reg in ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"):
                     state.regs.pop(reg, None)
-        elif mnem == "xchg" and len(ops) == 2:
-            a, b = self.read(state, insn, ops[0]), self.read(state, insn, ops[1])
-            self.write(state, insn, ops[0], b)
-            self.write(state, insn, ops[1], a)
-        elif mnem == "call":
-            self._call(state, insn)
-        elif mnem == "leave":
-            ebp = state.regs.get("ebp")
-            if isinstance(ebp, tuple) and ebp[0] == "sp":
-                value = read_stack(state, LAYOUT, ebp[1], 4)
-                state.regs["esp"] = ("sp", ebp[1] + 4)
-                self.write(state, insn, "ebp", value)
-            else:
-                state.regs.pop("esp", None)
-                state.regs.pop("ebp", None)
         else:
-            self._generic(state, insn, mnem, ops)
-
-    def _alu(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
-        a = self.read(state, insn, ops[0])
-        b = self.read(state, insn, ops[1])
-        if isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) and mnem in ("add", "sub"):
-            delta = _signed32(b if mnem == "add" else -b)
-            self.write(state, insn, ops[0], ("sp", a[1] + delta))
-            return
-        if mnem == "and" and b == 0:
-            self.write(state, insn, ops[0], 0)
-        elif isinstance(a, int) and isinstance(b, int):
-            self.write(state, insn, ops[0], _ALU[mnem](a, b) & MASK32)
-        else:
-            self.write(state, insn, ops[0], None)
+            super()._generic(state, insn, mnem, ops)
 
     def _call(self, state: State, insn: Insn) -> None:
-        sp = self._esp(state, insn, establish=False)
+        sp = self._sp(state, insn, establish=False)
         target = self.call_target(state, insn)
         if target == insn.next:
             # `call $+5; pop reg` reads eip: only the return address stays on the stack.
@@ -437,54 +243,15 @@ class X86Semantics:
             drop_below(state, sp + pops)
             state.regs["esp"] = ("sp", sp + pops)
 
-    def _generic(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
-        base = mnem.split()[-1]  # "rep stosd" -> "stosd"
-        for reg in _IMPLICIT_WRITES.get(base, ()):
-            state.regs.pop(reg, None)
-        if base == "imul" and len(ops) == 1:
-            state.regs.pop("eax", None)
-            state.regs.pop("edx", None)
-            return
-        if mnem.startswith("rep") or base.startswith(("stos", "movs", "scas", "cmps")):
-            for reg in ("ecx", "edi", "esi"):
-                state.regs.pop(reg, None)
-            if base.startswith(("stos", "movs")):
-                state.stack.clear()  # a block write through edi may cover our frame
-            return
-        if base in _NO_WRITE or base.startswith(("j", "loop", "set")) and base != "jmp":
-            if base.startswith("set") and ops:
-                self.write(state, insn, ops[0], None)
-            return
-        if base.startswith("cmov") and ops:
-            self.write(state, insn, ops[0], None)
-            return
-        if ops:
-            self.write(state, insn, ops[0], None)
-            if base in ("xadd", "cmpxchg") and len(ops) == 2:
-                self.write(state, insn, ops[1], None)
-
-    # --- control flow -----------------------------------------------------------------------
-    @staticmethod
-    def flow(insn: Insn) -> Flow:
-        mnem = insn.mnemonic
-        if mnem in _TERMINATORS:
-            return Flow((), False)
-        if mnem == "jmp":
-            target = _direct_target(insn.op_str)
-            return Flow((target,) if target is not None else (), False)
-        if mnem.startswith(("j", "loop")):
-            target = _direct_target(insn.op_str)
-            return Flow((target,) if target is not None else (), True)
-        return Flow()
-
+    # --- calls ------------------------------------------------------------------------------
     def call_target(self, state: State, insn: Insn) -> Value | None:
         """Where a call or jmp goes: ('imp', api) for an import, an int RVA for local code,
         None when unknown. Does not change state."""
         text = insn.op_str
-        direct = _direct_target(text)
+        direct = direct_target(text)
         if direct is not None:
             return direct
-        reg = REGS.get(text)
+        reg = self.regs.get(text)
         if reg is not None:
             value = state.regs.get(reg[0]) if reg[1] == 32 else None
         else:
@@ -492,7 +259,7 @@ class X86Semantics:
             if mem is None:
                 return None
             kind, where, width = mem
-            if kind == "abs" and where in self.imports:
+            if kind == "image" and where in self.imports:
                 return ("imp", self.imports[where])
             value = self.read(state, insn, text, establish=False)
         if isinstance(value, int):
@@ -514,7 +281,7 @@ class X86Semantics:
         arguments sit above the return address). Local callees get one value per stack slot,
         then the REG_ARGS registers; imports get one per C argument (a ULONG64 spans two
         slots: low dword first)."""
-        sp = self._esp(state, insn, establish=False)
+        sp = self._sp(state, insn, establish=False)
         if sp is None:
             slots: list[Value | None] = [None] * MAX_SLOTS
         else:
@@ -541,29 +308,12 @@ class X86Semantics:
         return args
 
 
+
 # --- helpers ----------------------------------------------------------------------------------
-def _operands(op_str: str) -> list[str]:
-    return [part.strip() for part in op_str.split(", ")] if op_str else []
-
-
-def _direct_target(op_str: str) -> int | None:
-    if op_str.startswith("0x") or op_str.isdigit():
-        try:
-            return int(op_str, 0)
-        except ValueError:
-            return None
-    return None
-
-
-def _signed32(value: int) -> int:
-    value &= MASK32
-    return value - (1 << 32) if value >> 31 else value
-
-
 def writes_esp_oddly(insn: Insn) -> bool:
     """True for an instruction that moves esp other than by frame code we can follow
     (`xchg eax, esp` in __chkstk, `mov esp, eax`): the function's stack effect is unknown."""
-    ops = _operands(insn.op_str)
+    ops = operands(insn.op_str)
     if not ops or "esp" not in ops[0] and not (len(ops) > 1 and ops[1] == "esp"):
         return False
     if insn.mnemonic == "xchg":
@@ -585,40 +335,28 @@ def sets_caller_ebp(insn: Insn) -> bool:
     (__chkstk moves esp but leaves ebp alone: the caller's ebp frame survives it.)"""
     if insn.mnemonic in ("push", "pop", "cmp", "test", "leave") or insn.mnemonic.startswith("j"):
         return False
-    ops = _operands(insn.op_str)
+    ops = operands(insn.op_str)
     return bool(ops) and ops[0] == "ebp" and not (insn.mnemonic == "mov" and ops[1:] == ["esp"])
 
 
 # --- backend: candidates by byte patterns, then per-function analysis -------------------------
 REGION_CAP = 0x4000  # longest function we decode from a start (no .pdata bounds it)
-_CHUNK = 1 << 22
 _PROLOGUES = (b"\x55\x8b\xec", b"\x55\x89\xe5")
 _IMPLAUSIBLE_STARTS = (b"\x00\x00", b"\xff\xff", b"\xcc", b"\x0f\x0b")
 
 
-class X86Backend:
+class X86Backend(IntelBackend):
     """Finds candidate functions with numpy over the code sections (absolute references to
     pool-API IAT slots, rel32 calls to local thunks) and analyses one function at a time."""
 
     def __init__(self, image) -> None:
-        self.image = image
-        self.base = image.image_base
-        self.api_slots = {
-            slot: name for slot, name in image.imports.items() if name in APIS_BY_IMPORT
-        }
-        self.md = make_decoder()
+        super().__init__(image)
+        self.md = make_decoder(32)
         self.semantics = X86Semantics(image, self.callee_pops, self.thunk_api, self.moves_frame)
         self.regions: dict[int, tuple[int, bool]] = {}  # start -> (end, fresh)
-        self._local_apis = {
-            rva: name for rva, name in image.exports.items() if name in APIS_BY_IMPORT
-        }
         self._thunks: dict[int, str] = {}  # every `jmp [IAT]` stub -> import name
         self._jump_slots: dict[int, int] = {}  # every `jmp [IAT]` -> IAT slot
-        self._abs_hits: list[int] = []
-        self._call_src = np.zeros(0, dtype=np.int64)
-        self._call_dst = np.zeros(0, dtype=np.int64)
-        self._e8_src = np.zeros(0, dtype=np.int64)
-        self._e8_dst = np.zeros(0, dtype=np.int64)
+        self._e8_dst = np.zeros(0, dtype=np.int64)  # targets of rel32 calls, sorted
         self._pops: dict[int, int | None] = {}
         self._odd_frames: set[int] = set()  # local callees that move esp oddly
         self._scan_code()
@@ -631,42 +369,21 @@ class X86Backend:
         if not sections:
             return
         slot_vas = np.array(sorted(s + self.base for s in self.image.imports), dtype=np.int64)
-        code_lo = min(s.rva for s in sections)
-        code_hi = max(s.rva + s.size for s in sections)
+        code_lo, code_hi = code_bounds(sections)
         srcs, dsts, kinds = [], [], []
-        for section in sections:
-            data = section.data
-            raw = np.frombuffer(data, dtype=np.uint8)
-            for start in range(0, max(0, len(data) - 4) + 1, _CHUNK):
-                stop = min(len(data) - 3, start + _CHUNK)
-                if stop <= start:
-                    break
-                word = np.ndarray((stop - start,), dtype="<u4", buffer=data, offset=start,
-                                  strides=(1,)).astype(np.int64)
-                q = np.arange(start, stop, dtype=np.int64)
-                # Absolute references to IAT slots: any opcode (FF 15, FF 25, 8B 05.., A1).
-                if len(slot_vas):
-                    near = np.flatnonzero((word >= slot_vas[0]) & (word <= slot_vas[-1]))
-                    hits = near[np.isin(word[near], slot_vas)]
-                    for i in hits.tolist():
-                        self._abs_hit(section, raw, start + i, int(word[i]))
-                # rel32 calls and jumps into the code sections.
-                target = (word ^ 0x80000000) - 0x80000000 + q + (section.rva + 4)
-                opcode_at = q - 1
-                ok = opcode_at >= 0
-                op = np.zeros(len(q), dtype=np.uint8)
-                op[ok] = raw[opcode_at[ok]]
-                is_rel = (op == 0xE8) | (op == 0xE9)
-                inside = is_rel & (target >= code_lo) & (target < code_hi)
-                idx = np.flatnonzero(inside)
-                srcs.append(opcode_at[idx] + section.rva)
-                dsts.append(target[idx])
-                kinds.append(op[idx] == 0xE8)
-        if srcs:
-            src, dst, is_call = np.concatenate(srcs), np.concatenate(dsts), np.concatenate(kinds)
-            order = np.argsort(dst, kind="stable")
-            self._call_src, self._call_dst = src[order], dst[order]
-            self._e8_src, self._e8_dst = src[order][is_call[order]], dst[order][is_call[order]]
+        for section, raw, start, q, value in scan_dwords(sections):
+            # Absolute references to IAT slots: any opcode (FF 15, FF 25, 8B 05.., A1).
+            word = value & MASK32
+            for i in find_in(word, slot_vas):
+                self._abs_hit(section, raw, start + i, int(word[i]))
+            # rel32 calls and jumps into the code sections.
+            target = value + q + (section.rva + 4)
+            src, dst, is_call = rel32_branches(section, raw, q, target, code_lo, code_hi)
+            srcs.append(src)
+            dsts.append(dst)
+            kinds.append(is_call)
+        self.calls = CallIndex(srcs, dsts, kinds)
+        self._e8_dst = self.calls.dst[self.calls.is_call]
 
     def _abs_hit(self, section, raw: np.ndarray, disp_offset: int, va: int) -> None:
         slot = va - self.base
@@ -674,7 +391,7 @@ class X86Backend:
         if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
             self._jump_slots[rva - 2] = slot  # a thunk or a tail call: _classify_jumps decides
         if slot in self.api_slots:
-            self._abs_hits.append(rva)
+            self._hits.append(rva)
 
     def _classify_jumps(self) -> None:
         """`jmp [IAT]` is the linker's import thunk when something calls it (E8) or when it
@@ -813,7 +530,7 @@ class X86Backend:
             return None
         first = insns[0]
         if first.mnemonic == "jmp":  # incremental-linking stub or tail-jump-only function
-            direct = _direct_target(first.op_str)
+            direct = direct_target(first.op_str)
             if direct is not None and hops:
                 pops = self._local_pops(direct, hops - 1)
                 if direct in self._odd_frames:
@@ -853,29 +570,6 @@ class X86Backend:
         return end
 
     # --- Backend protocol -------------------------------------------------------------------
-    def local_apis(self) -> dict[int, str]:
-        return dict(self._local_apis)
-
-    def candidate_functions(self) -> list[int]:
-        rvas = list(self._abs_hits)
-        thunks = np.array(sorted(self._local_apis), dtype=np.int64)
-        if len(thunks):
-            rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
-        out = []
-        thunk_disps = {rva + 2 for rva in self._local_apis}
-        for rva in rvas:
-            if rva in thunk_disps:
-                continue  # the thunk itself
-            function = self.function_of(rva)
-            if function is not None:
-                out.append(function)
-        return out
-
-    def callers_of(self, target: int) -> list[int]:
-        lo = np.searchsorted(self._call_dst, target, side="left")
-        hi = np.searchsorted(self._call_dst, target, side="right")
-        return self._call_src[lo:hi].tolist()
-
     def function_of(self, rva: int) -> int | None:
         section = self.image.section_at(rva)
         if section is None or not section.executable:
@@ -902,7 +596,7 @@ class X86Backend:
         def observe(state: State, insn: Insn) -> None:
             mnem = insn.mnemonic
             if mnem == "jmp":
-                direct = _direct_target(insn.op_str)
+                direct = direct_target(insn.op_str)
                 if direct is not None and lo <= direct < hi:
                     return  # a branch inside the function
             elif mnem != "call":
@@ -917,10 +611,7 @@ class X86Backend:
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
         converged = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(), observe)
-        if not converged:
-            events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
-                      for e in events]
-        return events
+        return events if converged else without_args(events)
 
 
 def _find_all(data: bytes, pattern: bytes, base: int) -> list[int]:
