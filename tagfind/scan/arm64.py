@@ -30,7 +30,15 @@ import numpy as np
 from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
-from .frames import FrameLayout, narrow, read_stack, write_stack
+from .frames import (
+    CallIndex,
+    FrameLayout,
+    entry_state,
+    narrow,
+    read_stack,
+    without_args,
+    write_stack,
+)
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
@@ -144,9 +152,7 @@ class Arm64Semantics:
     # --- states -----------------------------------------------------------------------------
     @staticmethod
     def entry_state() -> State:
-        regs: dict[str, Value] = {reg: ("arg", i) for i, reg in enumerate(ARG_REGS)}
-        regs["sp"] = ("sp", 0)
-        return State(regs, {}, fresh=True)
+        return entry_state(ARG_REGS, "sp")
 
     @staticmethod
     def unknown_state() -> State:
@@ -437,8 +443,7 @@ class Arm64Backend:
         }
         self._thunks: dict[int, str] = {}
         self._adrp_hits: list[int] = []
-        self._call_src = np.zeros(0, dtype=np.int64)
-        self._call_dst = np.zeros(0, dtype=np.int64)
+        self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
         self._scan_code()
         # Starts of code without .pdata (leaf functions, thunks): what bl calls, thunks, exports.
@@ -485,11 +490,9 @@ class Arm64Backend:
             dsts.append(target[inside])
             bls.append(target[inside & ((w[bi] & 0xFC000000) == 0x94000000)])
         if srcs:
-            src, dst = np.concatenate(srcs), np.concatenate(dsts)
-            order = np.argsort(dst, kind="stable")
-            self._call_src, self._call_dst = src[order], dst[order]
+            self.calls = CallIndex(srcs, dsts)
             self._bl_targets = np.unique(np.concatenate(bls))
-        called = set(self._call_dst.tolist())
+        called = set(self.calls.dst.tolist())
         for rva, slot in thunks:
             if self._is_thunk(rva, called):
                 name = self.image.imports[slot]
@@ -551,10 +554,7 @@ class Arm64Backend:
         return dict(self._local_apis)
 
     def candidate_functions(self) -> list[int]:
-        rvas = list(self._adrp_hits)
-        thunks = np.array(sorted(self._local_apis), dtype=np.int64)
-        if len(thunks):
-            rvas.extend(self._call_src[np.isin(self._call_dst, thunks)].tolist())
+        rvas = list(self._adrp_hits) + self.calls.callers_of_any(self._local_apis)
         out = []
         for rva in rvas:
             if rva in self._local_apis or rva - 4 in self._thunks:
@@ -565,9 +565,7 @@ class Arm64Backend:
         return out
 
     def callers_of(self, target: int) -> list[int]:
-        lo = np.searchsorted(self._call_dst, target, side="left")
-        hi = np.searchsorted(self._call_dst, target, side="right")
-        return self._call_src[lo:hi].tolist()
+        return self.calls.callers_of(target)
 
     def function_of(self, rva: int) -> int | None:
         image = self.image
@@ -630,7 +628,4 @@ class Arm64Backend:
             return sem.unknown_state() if has_pdata else sem.entry_state()
 
         converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe)
-        if not converged:
-            events = [CallEvent(e.rva, e.function, e.target, (None,) * len(e.args))
-                      for e in events]
-        return events
+        return events if converged else without_args(events)

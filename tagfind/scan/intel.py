@@ -15,7 +15,7 @@ a base register or relative to rip means, and how candidate functions are found.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import capstone
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value
+from .finder import CallEvent
 from .frames import CallIndex, FrameLayout, narrow, read_stack, write_stack
 
 # --- registers --------------------------------------------------------------------------------
@@ -504,8 +505,9 @@ def code_bounds(sections) -> tuple[int, int]:
 
 # --- the backend protocol pieces both modes share ---------------------------------------------
 class IntelBackend:
-    """The parts of a backend both modes share. A subclass fills `_hits` (sites that reference
-    a pool-API IAT slot), `_local_apis` (thunks found, besides exports) and `calls`."""
+    """The parts of a backend both modes share. A subclass sets `semantics`, fills `_hits`
+    (sites that reference a pool-API IAT slot), `_local_apis` (thunks found, besides exports)
+    and `calls`, and finds functions (function_of, analyse)."""
 
     def __init__(self, image) -> None:
         self.image = image
@@ -540,6 +542,30 @@ class IntelBackend:
 
     def callers_of(self, target: int) -> list[int]:
         return self.calls.callers_of(target)
+
+    def _observer(self, function: int, lo: int, hi: int, events: list[CallEvent],
+                  called: set[int] | frozenset[int] = frozenset()
+                  ) -> Callable[[State, Insn], None]:
+        """observe() for dataflow.run over the region [lo, hi) of function: appends a
+        CallEvent for each call, and for each jmp that leaves the region or goes to an address
+        in `called` (a tail call into a function that shares the region)."""
+        sem = self.semantics
+
+        def observe(state: State, insn: Insn) -> None:
+            mnem = insn.mnemonic
+            if mnem == "jmp":
+                direct = direct_target(insn.op_str)
+                if direct is not None and lo <= direct < hi and direct not in called:
+                    return  # a branch inside the function
+            elif mnem != "call":
+                return
+            target = sem.call_target(state, insn)
+            if target is None:
+                return
+            args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
+            events.append(CallEvent(insn.address, function, target, tuple(args)))
+
+        return observe
 
     def function_of(self, rva: int) -> int | None:
         raise NotImplementedError

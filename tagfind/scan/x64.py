@@ -217,21 +217,7 @@ class X64Backend(IntelBackend):
         # Without .pdata several leaf functions may share the region; a jmp to an address that
         # some call targets is a tail call into another function, not a branch in this one.
         called = set() if has_pdata else set(self.calls.called_between(lo, hi))
-
-        def observe(state: State, insn: Insn) -> None:
-            mnem = insn.mnemonic
-            if mnem == "jmp":
-                direct = direct_target(insn.op_str)
-                if direct is not None and lo <= direct < hi and direct not in called:
-                    return  # a branch inside the function
-            elif not mnem.startswith("call"):
-                return
-            target = sem.call_target(state, insn)
-            if target is None:
-                return
-            args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
-            events.append(CallEvent(insn.address, function, target, tuple(args)))
-
+        observe = self._observer(function, lo, hi, events, called)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         entries = [function]
 

@@ -591,22 +591,7 @@ class X86Backend(IntelBackend):
         insns = decode(self.md, code, function)
         sem = self.semantics
         events: list[CallEvent] = []
-        lo, hi = function, function + len(code)
-
-        def observe(state: State, insn: Insn) -> None:
-            mnem = insn.mnemonic
-            if mnem == "jmp":
-                direct = direct_target(insn.op_str)
-                if direct is not None and lo <= direct < hi:
-                    return  # a branch inside the function
-            elif mnem != "call":
-                return
-            target = sem.call_target(state, insn)
-            if target is None:
-                return
-            args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
-            events.append(CallEvent(insn.address, function, target, tuple(args)))
-
+        observe = self._observer(function, function, function + len(code), events)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
