@@ -45,6 +45,19 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .db import (
+    BUSY_TIMEOUT_MS,  # noqa: F401
+    SCHEMA_VERSION,  # noqa: F401
+    Database,
+    IndexUnavailable,
+    _is_damage,
+    _is_unavailable,
+    _meta,
+    _one_line,
+    _unavailable_message,
+    _write,
+    default_index_path,  # noqa: F401
+)
 from .rows import (
     FileRow,
     IndexStats,
@@ -56,8 +69,6 @@ from .rows import (
     _to_i64,  # noqa: F401  (tests)
 )
 
-SCHEMA_VERSION = 2
-BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
 BATCH_FILES = 64  # scanned files written per transaction...
 BATCH_SECONDS = 1.0  # ...or at least this often
 RACY_NS = 3_000_000_000  # a file modified this close to when we looked may change unseen
@@ -66,70 +77,6 @@ WORKER_START_FAILURES = 2  # after this many workers die at start, scan in this 
 IN_PROCESS_MAX = 2  # this few files to scan: no worker processes
 _READ_CHUNK = 1 << 20
 _SQL_PATHS_MAX = 200  # up to this many paths go into the SQL; more are filtered in Python
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS contents (
-    sha256 TEXT PRIMARY KEY,
-    scanner_version INTEGER NOT NULL,
-    arch TEXT,
-    error TEXT,
-    size INTEGER,
-    site_count INTEGER NOT NULL,
-    timeout_s REAL,
-    scanned_at REAL NOT NULL,
-    filter_log2 INTEGER,
-    filter BLOB
-);
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    scanner_version INTEGER NOT NULL,
-    arch TEXT,
-    error TEXT,
-    scanned_at REAL NOT NULL,
-    checked_ns INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
-CREATE TABLE IF NOT EXISTS sites (
-    sha256 TEXT NOT NULL,
-    rva INTEGER NOT NULL,
-    api TEXT NOT NULL,
-    tag INTEGER,
-    tag_text TEXT,
-    evidence TEXT NOT NULL,
-    protected INTEGER NOT NULL,
-    pool INTEGER,
-    size INTEGER,
-    via TEXT NOT NULL,
-    function INTEGER
-);
-CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
-CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
-CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
-"""
-_TABLES = {"meta", "contents", "files", "sites"}
-
-
-class IndexUnavailable(Exception):
-    """The index cannot be opened or written (read-only place, full disk, locked too long).
-    The message is one line for the user."""
-
-
-# --- paths ---------------------------------------------------------------------------------
-
-
-def default_index_path() -> Path:
-    """$TAGFIND_INDEX, else index.sqlite3 in the user's cache directory."""
-    override = os.environ.get("TAGFIND_INDEX")
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("tagfind", appauthor=False)) / "index.sqlite3"
-
 
 _VERSION_LINE = re.compile(r"^SCANNER_VERSION\s*=\s*(\d+)\b", re.MULTILINE)
 
@@ -195,109 +142,13 @@ def _guarded(method):
 # --- the index -----------------------------------------------------------------------------
 
 
-class Index:
+class Index(Database):
     """The cache. Open with `Index(path)` (or as a context manager); `warnings` collects
     one-line messages for the user (a damaged file that was rebuilt)."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else default_index_path()
-        self.warnings: list[str] = []
-        self._conn: sqlite3.Connection | None = None
         self._last_refresh: tuple | None = None  # (files, jobs, timeout, progress)
-        self._open()
-
-    def __enter__(self) -> Index:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise IndexUnavailable(f"index {self.path} is closed")
-        return self._conn
-
-    # --- opening, checking, rebuilding --------------------------------------------------
-
-    def _open(self) -> None:
-        try:
-            self._connect_and_check()
-        except sqlite3.DatabaseError as exc:
-            if not _is_damage(exc):
-                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
-            self._rebuild_after(exc)
-
-    def _connect_and_check(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise IndexUnavailable(
-                f"cannot create index directory {self.path.parent}: {exc.strerror or exc}"
-            ) from None
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        self._conn = conn
-        try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable up to a crash
-            self._ensure_schema(conn)
-            # Touch every table so a damaged page header shows up here and not mid-query.
-            for table in ("files", "contents", "sites"):
-                conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-        except BaseException:
-            self.close()
-            raise
-
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        tables = _table_names(conn)
-        if tables >= _TABLES:
-            version = _meta(conn, "schema_version")
-            if version != str(SCHEMA_VERSION):
-                raise _WrongSchema(f"schema version {version}, expected {SCHEMA_VERSION}")
-            return
-        if tables:
-            raise _WrongSchema(f"unexpected tables {sorted(tables)}")
-        with _write(conn):
-            if _table_names(conn):  # another process created it while we waited for the lock
-                return
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-
-    def _rebuild_after(self, exc: BaseException) -> None:
-        reason = _one_line(exc)
-        aside = self._move_aside()
-        where = f" (old file kept as {aside.name})" if aside else ""
-        self.warnings.append(f"index {self.path} was unusable ({reason}): rebuilt{where}")
-        try:
-            self._connect_and_check()
-        except sqlite3.DatabaseError as again:
-            raise IndexUnavailable(_unavailable_message(self.path, again)) from None
-
-    def _move_aside(self) -> Path | None:
-        self.close()
-        aside = self.path.with_name(self.path.name + ".damaged")
-        try:
-            for old in (aside, Path(f"{aside}-wal"), Path(f"{aside}-shm")):
-                old.unlink(missing_ok=True)
-            if self.path.exists():
-                os.replace(self.path, aside)
-            # A stale WAL must not be replayed into the new database.
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-        except OSError as exc:
-            raise IndexUnavailable(
-                f"index {self.path} is damaged and cannot be replaced: {exc.strerror or exc}"
-            ) from None
-        return aside if aside.exists() else None
+        super().__init__(path)
 
     # --- refresh ------------------------------------------------------------------------
 
@@ -1071,95 +922,6 @@ class _Pool:
             return 1.0
         return max(0.0, min(deadlines) - time.monotonic()) + 0.01
 
-
-# --- SQLite helpers ------------------------------------------------------------------------
-
-
-class _WrongSchema(sqlite3.DatabaseError):
-    """The file is a SQLite database, but not one of ours (or of another schema version)."""
-
-
-class _write:
-    """`with _write(conn):` one BEGIN IMMEDIATE ... COMMIT transaction (rolled back on error).
-    IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-
-
-def _table_names(conn: sqlite3.Connection) -> set[str]:
-    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {name for (name,) in rows}
-
-
-def _meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return row[0] if row else None
-
-
-_UNAVAILABLE_CODES = {
-    "SQLITE_CANTOPEN",
-    "SQLITE_READONLY",
-    "SQLITE_FULL",
-    "SQLITE_IOERR",
-    "SQLITE_BUSY",
-    "SQLITE_LOCKED",
-    "SQLITE_PERM",
-    "SQLITE_AUTH",
-}
-_UNAVAILABLE_WORDS = ("unable to open", "readonly", "read-only", "disk is full", "disk i/o",
-                      "locked", "busy", "permission")  # fmt: skip
-_DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
-_DAMAGE_WORDS = ("malformed", "not a database", "corrupt")
-
-
-def _error_code(exc: sqlite3.DatabaseError) -> str | None:
-    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+; extended codes too
-    if not name or name.count("_") < 1:
-        return None
-    return "_".join(name.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
-
-
-def _is_unavailable(exc: sqlite3.DatabaseError) -> bool:
-    """True when the database cannot be used here and now (read-only, full, locked), as
-    opposed to damaged, which a rebuild fixes."""
-    if isinstance(exc, _WrongSchema):
-        return False
-    code = _error_code(exc)
-    if code:
-        return code in _UNAVAILABLE_CODES
-    text = str(exc).lower()
-    return any(word in text for word in _UNAVAILABLE_WORDS)
-
-
-def _is_damage(exc: sqlite3.DatabaseError) -> bool:
-    """True when the file is not a usable index of ours: damaged, not SQLite, other schema."""
-    if isinstance(exc, _WrongSchema):
-        return True
-    code = _error_code(exc)
-    if code:
-        return code in _DAMAGE_CODES
-    text = str(exc).lower()
-    return any(word in text for word in _DAMAGE_WORDS)
-
-
-def _unavailable_message(path: Path, exc: BaseException) -> str:
-    return f"index {path} cannot be used: {_one_line(exc)}"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def sqlite_glob(pattern: str) -> str:

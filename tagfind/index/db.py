@@ -1,0 +1,281 @@
+"""The database file: its schema, opening it (WAL, busy timeout), telling damage (rebuilt)
+from unavailability (read-only, full, locked: reported), moving a damaged file aside, and
+the write transaction every change goes through. Knows nothing of scans or queries.
+
+Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
+reader never sees half a batch, a process killed at any point leaves the last committed state,
+and a second tagfind waits (busy_timeout) instead of failing. A damaged index file is moved
+aside and rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import TypeVar
+
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS contents (
+    sha256 TEXT PRIMARY KEY,
+    scanner_version INTEGER NOT NULL,
+    arch TEXT,
+    error TEXT,
+    size INTEGER,
+    site_count INTEGER NOT NULL,
+    timeout_s REAL,
+    scanned_at REAL NOT NULL,
+    filter_log2 INTEGER,
+    filter BLOB
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    scanner_version INTEGER NOT NULL,
+    arch TEXT,
+    error TEXT,
+    scanned_at REAL NOT NULL,
+    checked_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_sha256 ON files(sha256);
+CREATE TABLE IF NOT EXISTS sites (
+    sha256 TEXT NOT NULL,
+    rva INTEGER NOT NULL,
+    api TEXT NOT NULL,
+    tag INTEGER,
+    tag_text TEXT,
+    evidence TEXT NOT NULL,
+    protected INTEGER NOT NULL,
+    pool INTEGER,
+    size INTEGER,
+    via TEXT NOT NULL,
+    function INTEGER
+);
+CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
+CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
+CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
+"""
+_TABLES = {"meta", "contents", "files", "sites"}
+
+
+class IndexUnavailable(Exception):
+    """The index cannot be opened or written (read-only place, full disk, locked too long).
+    The message is one line for the user."""
+
+
+# --- where it lives ---------------------------------------------------------------------
+
+
+def default_index_path() -> Path:
+    """$TAGFIND_INDEX, else index.sqlite3 in the user's cache directory."""
+    override = os.environ.get("TAGFIND_INDEX")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("tagfind", appauthor=False)) / "index.sqlite3"
+
+
+# --- the file ----------------------------------------------------------------------------
+
+_D = TypeVar("_D", bound="Database")
+
+
+class Database:
+    """An open index file, checked and of the current schema. Opening a damaged file moves it
+    aside and starts a new one (`warnings` says so, one line each, for the user); a file that
+    cannot be used here raises IndexUnavailable."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_index_path()
+        self.warnings: list[str] = []
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    def __enter__(self: _D) -> _D:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise IndexUnavailable(f"index {self.path} is closed")
+        return self._conn
+
+    # --- opening, checking, rebuilding --------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self._connect_and_check()
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
+            self._rebuild_after(exc)
+
+    def _connect_and_check(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"cannot create index directory {self.path.parent}: {exc.strerror or exc}"
+            ) from None
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._conn = conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable up to a crash
+            self._ensure_schema(conn)
+            # Touch every table so a damaged page header shows up here and not mid-query.
+            for table in ("files", "contents", "sites"):
+                conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+        except BaseException:
+            self.close()
+            raise
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        tables = _table_names(conn)
+        if tables >= _TABLES:
+            version = _meta(conn, "schema_version")
+            if version != str(SCHEMA_VERSION):
+                raise _WrongSchema(f"schema version {version}, expected {SCHEMA_VERSION}")
+            return
+        if tables:
+            raise _WrongSchema(f"unexpected tables {sorted(tables)}")
+        with _write(conn):
+            if _table_names(conn):  # another process created it while we waited for the lock
+                return
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def _rebuild_after(self, exc: BaseException) -> None:
+        reason = _one_line(exc)
+        aside = self._move_aside()
+        where = f" (old file kept as {aside.name})" if aside else ""
+        self.warnings.append(f"index {self.path} was unusable ({reason}): rebuilt{where}")
+        try:
+            self._connect_and_check()
+        except sqlite3.DatabaseError as again:
+            raise IndexUnavailable(_unavailable_message(self.path, again)) from None
+
+    def _move_aside(self) -> Path | None:
+        self.close()
+        aside = self.path.with_name(self.path.name + ".damaged")
+        try:
+            for old in (aside, Path(f"{aside}-wal"), Path(f"{aside}-shm")):
+                old.unlink(missing_ok=True)
+            if self.path.exists():
+                os.replace(self.path, aside)
+            # A stale WAL must not be replayed into the new database.
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"index {self.path} is damaged and cannot be replaced: {exc.strerror or exc}"
+            ) from None
+        return aside if aside.exists() else None
+
+# --- SQLite helpers ------------------------------------------------------------------------
+
+
+class _WrongSchema(sqlite3.DatabaseError):
+    """The file is a SQLite database, but not one of ours (or of another schema version)."""
+
+
+class _write:
+    """`with _write(conn):` one BEGIN IMMEDIATE ... COMMIT transaction (rolled back on error).
+    IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    return {name for (name,) in rows}
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+_UNAVAILABLE_CODES = {
+    "SQLITE_CANTOPEN",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+}
+_UNAVAILABLE_WORDS = ("unable to open", "readonly", "read-only", "disk is full", "disk i/o",
+                      "locked", "busy", "permission")  # fmt: skip
+_DAMAGE_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_DAMAGE_WORDS = ("malformed", "not a database", "corrupt")
+
+
+def _error_code(exc: sqlite3.DatabaseError) -> str | None:
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+; extended codes too
+    if not name or name.count("_") < 1:
+        return None
+    return "_".join(name.split("_")[:2])  # SQLITE_IOERR_SHORT_READ -> SQLITE_IOERR
+
+
+def _is_unavailable(exc: sqlite3.DatabaseError) -> bool:
+    """True when the database cannot be used here and now (read-only, full, locked), as
+    opposed to damaged, which a rebuild fixes."""
+    if isinstance(exc, _WrongSchema):
+        return False
+    code = _error_code(exc)
+    if code:
+        return code in _UNAVAILABLE_CODES
+    text = str(exc).lower()
+    return any(word in text for word in _UNAVAILABLE_WORDS)
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """True when the file is not a usable index of ours: damaged, not SQLite, other schema."""
+    if isinstance(exc, _WrongSchema):
+        return True
+    code = _error_code(exc)
+    if code:
+        return code in _DAMAGE_CODES
+    text = str(exc).lower()
+    return any(word in text for word in _DAMAGE_WORDS)
+
+
+def _unavailable_message(path: Path, exc: BaseException) -> str:
+    return f"index {path} cannot be used: {_one_line(exc)}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
