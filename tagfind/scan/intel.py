@@ -190,9 +190,8 @@ MODE32 = Mode(32)
 
 # --- semantics --------------------------------------------------------------------------------
 class IntelSemantics:
-    """Transfer function of the instructions both modes treat alike. A subclass sets `mode`,
-    `layout` (its stack arguments), `const_widths` (the widths of read-only data it folds) and
-    `no_write`, and supplies what differs:
+    """Transfer function of the instructions both modes treat alike. A subclass sets `mode`
+    and `layout` (where its stack arguments are), and supplies what differs:
 
     - `_sp`: the stack pointer's frame offset (x86 re-bases an unknown esp);
     - `_absolute`: what an address without a base register refers to;
@@ -202,8 +201,6 @@ class IntelSemantics:
 
     mode: Mode
     layout: FrameLayout
-    const_widths: frozenset[int]
-    no_write: frozenset[str] = NO_WRITE
 
     def __init__(self, image, imports: dict[int, str]) -> None:
         self.image = image
@@ -215,6 +212,8 @@ class IntelSemantics:
         self.mask = mode.mask
         self.word = mode.word
         self.sp = mode.sp
+        # Loads from read-only data fold to constants up to the register width.
+        self.const_widths = frozenset((1, 2, 4, mode.word))
 
     @staticmethod
     def unknown_state() -> State:
@@ -306,6 +305,14 @@ class IntelSemantics:
         if mem is not None and mem[0] == "stack":
             write_stack(state, self.layout, mem[1], mem[2], value)
 
+    def _width(self, text: str) -> int:
+        """The width in bytes of a register or memory operand."""
+        reg = self.regs.get(text)
+        if reg is not None:
+            return reg[1] // 8
+        parsed = parse_memory(text, self.bits)
+        return parsed[0] if parsed is not None else self.word
+
     def _address(self, state: State, insn: Insn, text: str) -> Value | None:
         mem = self._mem(state, insn, text)
         if mem is None:
@@ -327,8 +334,11 @@ class IntelSemantics:
             self.write(state, insn, ops[0], self._address(state, insn, ops[1]))
         elif mnem in ("movzx", "movsx", "movsxd") and len(ops) == 2:
             value = self.read(state, insn, ops[1])
-            self.write(state, insn, ops[0], value if isinstance(value, int) and mnem == "movzx"
-                       else None)
+            if not isinstance(value, int):
+                value = None  # an argument or a pointer, widened: no longer what it was
+            elif mnem != "movzx":
+                value = signed(value, self._width(ops[1]) * 8)
+            self.write(state, insn, ops[0], value)
         elif mnem == "xor" and len(ops) == 2 and ops[0] == ops[1] and ops[0] in self.regs:
             self.write(state, insn, ops[0], 0)
         elif mnem in self.mode.alu and len(ops) == 2:
@@ -403,7 +413,7 @@ class IntelSemantics:
             if base.startswith(("stos", "movs")):
                 state.stack.clear()  # a block write through rdi/edi may cover our frame
             return
-        if base in self.no_write or base.startswith(("j", "loop", "set")) and base != "jmp":
+        if base in NO_WRITE or base.startswith(("j", "loop", "set")) and base != "jmp":
             if base.startswith("set") and ops:
                 self.write(state, insn, ops[0], None)
             return

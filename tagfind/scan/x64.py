@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import bisect
 
-import capstone
 import numpy as np
 
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
-from .frames import CallIndex, FrameLayout, entry_state, narrow, read_stack
+from .frames import CallIndex, FrameLayout, entry_state, read_stack
 from .intel import (
     MODE64,
     IntelBackend,
@@ -43,7 +42,6 @@ class X64Semantics(IntelSemantics):
 
     mode = MODE64
     layout = LAYOUT
-    const_widths = frozenset((4, 8))
 
     def __init__(self, image, imports: dict[int, str], guard_slots: set[int]) -> None:
         # imports: IAT slot RVA -> API name (only the APIs we care about)
@@ -91,7 +89,7 @@ class X64Semantics(IntelSemantics):
                   tail: bool) -> list[Value | None]:
         """Argument values at a call (tail=True: at a jmp that leaves the function, where the
         stack arguments sit one slot higher, above the return address)."""
-        args: list[Value | None] = [narrow(state.regs.get(r), 64, 64) for r in ARG_REGS]
+        args: list[Value | None] = [state.regs.get(r) for r in ARG_REGS]
         sp = state.regs.get("rsp")
         for k in range(len(ARG_REGS), MAX_ARGS):
             if isinstance(sp, tuple) and sp[0] == "sp":
@@ -114,7 +112,7 @@ class X64Backend(IntelBackend):
     def __init__(self, image) -> None:
         super().__init__(image)
         self.semantics = X64Semantics(image, self.api_slots, image.guard_dispatch_slots)
-        self.md: capstone.Cs = make_decoder(64)
+        self.md = make_decoder(64)
         self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
         self._capped: list[int] = []  # sorted starts of regions cut at REGION_CAP (no .pdata)
         self._jump_slots: dict[int, str] = {}  # jmp [IAT] locations: thunks or tail calls

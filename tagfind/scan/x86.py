@@ -65,7 +65,6 @@ from .frames import (
 )
 from .intel import (
     MODE32,
-    NO_WRITE,
     IntelBackend,
     IntelSemantics,
     code_bounds,
@@ -168,10 +167,6 @@ class X86Semantics(IntelSemantics):
 
     mode = MODE32
     layout = LAYOUT
-    const_widths = frozenset((1, 2, 4))
-    # The x86 scanner has always treated these stores (of the IDT/GDT register, of the x87
-    # control word) as writing nothing; kept so that its results do not change.
-    no_write = NO_WRITE | {"sidt", "sgdt", "fnstcw"}
 
     def __init__(self, image, callee_pops: Callable[[Value | None], int | None],
                  thunk_api: Callable[[int], str | None],
