@@ -509,6 +509,12 @@ def rel32_branches(section, raw: np.ndarray, q: np.ndarray, target: np.ndarray, 
     return opcode_at[idx] + section.rva, target[idx], op[idx] == 0xE8
 
 
+def jumps_through(raw: np.ndarray, disp_offset: int) -> bool:
+    """The 4 bytes at disp_offset are the operand of `jmp [mem]` (FF 25): through an IAT
+    slot, that is an import thunk or a tail call; the backends tell them apart."""
+    return bool(disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25)
+
+
 def code_bounds(sections) -> tuple[int, int]:
     return min(s.rva for s in sections), max(s.rva + s.size for s in sections)
 

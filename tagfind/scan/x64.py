@@ -24,6 +24,7 @@ from .intel import (
     decode,
     direct_target,
     find_in,
+    jumps_through,
     make_decoder,
     rel32_branches,
     scan_dwords,
@@ -157,7 +158,7 @@ class X64Backend(IntelBackend):
     def _rip_hit(self, section, raw: np.ndarray, disp_offset: int, slot: int) -> None:
         rva = section.rva + disp_offset
         self._hits.append(rva)
-        if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
+        if jumps_through(raw, disp_offset):
             start = disp_offset - 2
             if start >= 1 and raw[start - 1] == 0x48:  # rex.W jmp, as MSVC writes tail calls
                 start -= 1

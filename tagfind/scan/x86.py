@@ -71,6 +71,7 @@ from .intel import (
     decode,
     direct_target,
     find_in,
+    jumps_through,
     make_decoder,
     operands,
     rel32_branches,
@@ -383,7 +384,7 @@ class X86Backend(IntelBackend):
     def _abs_hit(self, section, raw: np.ndarray, disp_offset: int, va: int) -> None:
         slot = va - self.base
         rva = section.rva + disp_offset
-        if disp_offset >= 2 and raw[disp_offset - 2] == 0xFF and raw[disp_offset - 1] == 0x25:
+        if jumps_through(raw, disp_offset):
             self._jump_slots[rva - 2] = slot  # a thunk or a tail call: _classify_jumps decides
         if slot in self.api_slots:
             self._hits.append(rva)
