@@ -2,17 +2,13 @@
 database file, keeping it in step with a list of files, and the queries over it; this module
 only puts its parts together and names what the rest of tagfind uses.
 
-Layout: `files` maps each path to the sha256 of its content (with the size and mtime seen
-when it was last checked); `contents` holds one scan result per distinct content and `sites`
-its sites, so a driver found under several paths (System32\\drivers and the driver store) is
-scanned once and stored once. `meta` holds the schema version.
-
 The parts, one job each:
 
 - queries.py: the Index class as callers use it: open, refresh, query. Queries never import
   the scanner (nor numpy, pefile, capstone).
-- db.py: the file: schema, WAL connection, damage (rebuilt) told from unavailability
-  (reported), moving a damaged file aside, the BEGIN IMMEDIATE transaction of every write.
+- db.py: the file: its tables (files, contents, sites, meta), the WAL connection, damage
+  (rebuilt) told from unavailability (reported), moving a damaged file aside, the
+  BEGIN IMMEDIATE transaction of every write.
 - refresh.py: the incremental refresh (stat, hash, reuse by content, scan, store).
 - workers.py: scanning within a per-file time limit, in worker processes or in this process;
   `worker_main` is a worker's entry point.

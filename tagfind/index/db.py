@@ -2,6 +2,11 @@
 from unavailability (read-only, full, locked: reported), moving a damaged file aside, and
 the write transaction every change goes through. Knows nothing of scans or queries.
 
+Layout: `files` maps each path to the sha256 of its content (with the size and mtime seen
+when it was last checked); `contents` holds one scan result per distinct content and `sites`
+its sites, so a driver found under several paths (System32\\drivers and the driver store) is
+scanned once and stored once. `meta` holds the schema version.
+
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
 reader never sees half a batch, a process killed at any point leaves the last committed state,
 and a second tagfind waits (busy_timeout) instead of failing. A damaged index file is moved
