@@ -15,20 +15,13 @@ The parts, one job each:
 - rows.py: the rows handed out, and a site's columns.
 - scanner_version.py: the current SCANNER_VERSION, without importing the scanner.
 - progress.py: the progress bar of a refresh.
-
-A name set on this package (`tagfind.index.BATCH_FILES = 8`, a test's monkeypatch of
-`_hash_file`) is set in the part that uses it too, as when the index was one module.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-
 from .db import BUSY_TIMEOUT_MS, SCHEMA_VERSION, IndexUnavailable, default_index_path
 from .queries import Index, sqlite_glob
 from .refresh import BATCH_FILES, BATCH_SECONDS, IN_PROCESS_MAX, RACY_NS
-from .refresh import _hash_file as _hash_file  # (tests count its calls)
 from .rows import FileRow, IndexStats, RefreshStats, SiteRow
 from .rows import _from_i64 as _from_i64  # (tests)
 from .rows import _to_i64 as _to_i64  # (tests)
@@ -56,24 +49,3 @@ __all__ = [
     "sqlite_glob",
     "worker_main",
 ]
-
-_UNSET = object()
-
-
-class _Package(types.ModuleType):
-    """This package, as a module whose names reach the parts that use them: setting one
-    changes it in every part (tagfind.index.<part>) that has the same name bound to the very
-    object the package had, so an unrelated name is never touched."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        old = self.__dict__.get(name, _UNSET)
-        super().__setattr__(name, value)
-        if old is _UNSET:
-            return
-        prefix = self.__name__ + "."
-        for module_name, part in list(sys.modules.items()):
-            if module_name.startswith(prefix) and part.__dict__.get(name, _UNSET) is old:
-                setattr(part, name, value)
-
-
-sys.modules[__name__].__class__ = _Package
