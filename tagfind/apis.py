@@ -4,6 +4,10 @@ Argument indexes count from 0 in the C prototype (checked against the WDK refere
 `kind` decides the evidence a direct call gives: alloc -> "call", free -> "free",
 lookaside -> "lookaside", other -> "tagged-api", untagged -> "untagged" (Windows records tag None).
 `pool_arg` holds a POOL_TYPE, or POOL_FLAGS when `pool_is_flags` (ExAllocatePool2/3).
+
+KMDF APIs are not imports: a KMDF driver calls them through its WdfFunctions table (slot
+`wdf_index`) with the hidden first argument WdfDriverGlobals, so their argument indexes here
+count that hidden argument (one more than in the documented C prototype).
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ class PoolApi:
     # index of the code argument, value). StorPortAllocatePool is a FORCEINLINE in storport.h
     # that calls StorPortExtendedFunction(ExtFunctionAllocatePool = 0, ...).
     via_import: tuple[str, int, int] | None = None
+    # A KMDF API: its slot in the WDF function table (WDFFUNCENUM), not an import.
+    wdf_index: int | None = None
 
     @property
-    def import_name(self) -> str:
+    def import_name(self) -> str | None:
+        if self.wdf_index is not None:
+            return None
         return self.via_import[0] if self.via_import else self.name
 
 
@@ -55,6 +63,14 @@ _ROWS: tuple[PoolApi, ...] = (
     PoolApi("IoInitializeRemoveLockEx", "other", 1),
     PoolApi("ExAllocatePool", "untagged", None, 0, 1),
     PoolApi("ExAllocatePoolWithQuota", "untagged", None, 0, 1),
+    # KMDF (indexes count the hidden WdfDriverGlobals): WdfMemoryCreate(Globals, Attributes,
+    # PoolType, PoolTag, BufferSize, Memory, Buffer); WdfLookasideListCreate(Globals,
+    # LookasideAttributes, BufferSize, PoolType, MemoryAttributes, PoolTag, Lookaside).
+    # Table indexes: WDFFUNCENUM (WdfMemoryCreateTableIndex = 192,
+    # WdfLookasideListCreateTableIndex = 198), stable across KMDF versions since the table
+    # only grows at its end.
+    PoolApi("WdfMemoryCreate", "alloc", 3, 2, 4, wdf_index=192),
+    PoolApi("WdfLookasideListCreate", "lookaside", 5, 3, 2, wdf_index=198),
 )
 
 POOL_APIS: dict[str, PoolApi] = {row.name: row for row in _ROWS}
@@ -62,7 +78,32 @@ POOL_APIS: dict[str, PoolApi] = {row.name: row for row in _ROWS}
 # Import name -> the rows it can stand for (several when it dispatches on a function code).
 APIS_BY_IMPORT: dict[str, tuple[PoolApi, ...]] = {}
 for _row in _ROWS:
-    APIS_BY_IMPORT[_row.import_name] = (*APIS_BY_IMPORT.get(_row.import_name, ()), _row)
+    if _row.import_name is not None:
+        APIS_BY_IMPORT[_row.import_name] = (*APIS_BY_IMPORT.get(_row.import_name, ()), _row)
+
+# WDF function-table slot -> the KMDF pool API called through it.
+WDF_APIS_BY_INDEX: dict[int, PoolApi] = {
+    row.wdf_index: row for row in _ROWS if row.wdf_index is not None
+}
+
+# Pool APIs a driver may look up by name at run time (MmGetSystemRoutineAddress): the
+# ntoskrnl exports among the rows, e.g. ExAllocatePool2 under POOL_ZERO_DOWN_LEVEL_SUPPORT.
+RUNTIME_LOOKUP_APIS = frozenset(
+    row.name for row in _ROWS if row.wdf_index is None and row.via_import is None
+)
+
+# Imports that lead to pool APIs without being one: the run-time lookup of a routine by name,
+# and the KMDF loader's bind call that fills the driver's WDF function table pointer.
+ROUTINE_LOOKUP_IMPORT = "MmGetSystemRoutineAddress"
+STRING_INIT_IMPORT = "RtlInitUnicodeString"
+WDF_BIND_IMPORT = "WdfVersionBind"
+RESOLVER_IMPORTS = frozenset({ROUTINE_LOOKUP_IMPORT, WDF_BIND_IMPORT})
+
+# WDF_BIND_INFO (fxldr.h): ULONG Size; PWCHAR Component; WDF_VERSION Version (3 ULONGs);
+# ULONG FuncCount; WDFFUNC *FuncTable; ... FuncTable's offset by pointer width in bits.
+# FuncTable holds the address of the driver's WdfFunctions variable (KMDF 1.15 and later: a
+# pointer the loader sets to the framework's table).
+WDF_BIND_INFO_FUNC_TABLE = {64: 0x20, 32: 0x18}
 
 
 def api_for_call(import_name: str, args: Sequence[object]) -> PoolApi | None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 
-from ..apis import APIS_BY_IMPORT
+from ..apis import APIS_BY_IMPORT, RESOLVER_IMPORTS
 from ..pe import PEError, PEImage
 from .finder import SiteFinder
 from .model import ScanResult, Site, evidence_for
 
-SCANNER_VERSION = 3  # bump when results for the same file may change: invalidates the index
+SCANNER_VERSION = 4  # bump when results for the same file may change: invalidates the index
 
 __all__ = ["SCANNER_VERSION", "ScanResult", "Site", "evidence_for", "scan_file", "scan_image"]
 
@@ -37,9 +37,11 @@ def scan_image(image: PEImage, result: ScanResult) -> None:
     result.arch = image.arch
     result.image_base = image.image_base
     result.notes.extend(image.warnings)
-    uses_pool = any(name in APIS_BY_IMPORT for name in image.imports.values()) or any(
-        name in APIS_BY_IMPORT for name in image.exports.values()
-    )
+    # A KMDF driver may import no pool API at all (WdfVersionBind is its way to WDF), and a
+    # driver may find ExAllocatePool2 by name at run time (MmGetSystemRoutineAddress).
+    uses_pool = any(
+        name in APIS_BY_IMPORT or name in RESOLVER_IMPORTS for name in image.imports.values()
+    ) or any(name in APIS_BY_IMPORT for name in image.exports.values())
     result.imports_pool_api = uses_pool
     if not uses_pool:
         return

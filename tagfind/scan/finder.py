@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..apis import POOL_APIS, PoolApi, api_for_call
+from ..apis import POOL_APIS, WDF_APIS_BY_INDEX, PoolApi, api_for_call
 from ..tags import NONE_TAG, strip_protected
 from .dataflow import Value
 from .model import Site, evidence_for
@@ -27,7 +27,7 @@ class CallEvent:
 
     rva: int
     function: int
-    target: Value | None  # ("imp", name) | int (local RVA) | None
+    target: Value | None  # ("imp", name) | ("wdf", slot) | int (local RVA) | None
     args: tuple[Value | None, ...]
 
 
@@ -108,6 +108,9 @@ class SiteFinder:
         target = event.target
         if isinstance(target, tuple) and target[0] == "imp":
             api = api_for_call(target[1], event.args)
+            return (api, None, 0) if api else None
+        if isinstance(target, tuple) and target[0] == "wdf":  # a KMDF function-table slot
+            api = WDF_APIS_BY_INDEX.get(target[1])
             return (api, None, 0) if api else None
         if isinstance(target, int):
             name = self.local_apis.get(target)

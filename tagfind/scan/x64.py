@@ -5,6 +5,18 @@ instruction semantics both x86 modes share live in intel.py.
 Calling convention (Microsoft x64): arguments 0-3 in rcx, rdx, r8, r9, then at [rsp+8*k] at
 the call; rax, rcx, rdx, r8-r11 are volatile. Values are tracked as text-level operands from
 capstone's lite decoder, which is several times faster than its detail mode.
+
+Pool APIs reached through pointers the driver fills at run time are found in a first pass over
+the functions that call the two imports that fill them:
+- MmGetSystemRoutineAddress(&name) whose UNICODE_STRING buffer spells a pool API
+  (L"ExAllocatePool2", as wdm.h's POOL_ZERO_DOWN_LEVEL_SUPPORT or a driver's own code does):
+  the global that receives the result stands for that API, like an IAT slot;
+- WdfVersionBind(DriverObject, RegistryPath, &BindInfo, &Globals) (KMDF's FxDriverEntry): the
+  bind info's FuncTable field holds the address of the driver's WdfFunctions variable; a
+  pointer loaded from it is the WDF function table, and a call through its slot k is the
+  call target ("wdf", k).
+Following the bind call, not guessing a table from its shape, keeps tag-like arguments to
+unrelated function pointers from becoming sites.
 """
 
 from __future__ import annotations
@@ -13,11 +25,20 @@ import bisect
 
 import numpy as np
 
+from ..apis import (
+    RESOLVER_IMPORTS,
+    ROUTINE_LOOKUP_IMPORT,
+    RUNTIME_LOOKUP_APIS,
+    STRING_INIT_IMPORT,
+    WDF_BIND_IMPORT,
+    WDF_BIND_INFO_FUNC_TABLE,
+)
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
-from .frames import CallIndex, FrameLayout, entry_state, read_stack
+from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
 from .intel import (
     MODE64,
+    OTHER,
     IntelBackend,
     IntelSemantics,
     code_bounds,
@@ -26,6 +47,8 @@ from .intel import (
     find_in,
     jumps_through,
     make_decoder,
+    operands,
+    parse_memory,
     rel32_branches,
     scan_dwords,
 )
@@ -36,6 +59,16 @@ MAX_ARGS = 8
 # Stack argument k (k >= 4) is at 8 + 8k at entry: above the return address and the 32-byte
 # home space of the register arguments.
 LAYOUT = FrameLayout(arg_base=0x28, slot=8, first_stack_arg=4, word_bits=64)
+
+# Values for pointers resolved at run time: the WDF function table (loaded from WdfFunctions),
+# and ("routine", api) for MmGetSystemRoutineAddress's result naming a pool API.
+WDF_TABLE = ("wdftable",)
+ROUTINE = "routine"
+# 16-byte moves through xmm registers: compilers copy a constant UNICODE_STRING this way.
+VECTOR_MOVES = frozenset({"movups", "movaps", "movdqu", "movdqa",
+                          "vmovups", "vmovaps", "vmovdqu", "vmovdqa"})
+RO16 = "ro16"  # ("ro16", rva): an xmm register holding the 16 read-only bytes at rva
+MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
 
 
 class X64Semantics(IntelSemantics):
@@ -49,12 +82,28 @@ class X64Semantics(IntelSemantics):
         super().__init__(image, imports)
         self.all_imports = image.imports
         self.guard_slots = guard_slots
+        names = {name: slot for slot, name in image.imports.items()}
+        # Calls whose effect we model: only when the image imports them (else no cost).
+        self.modelled_calls = {n for n in (ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT)
+                               if n in names} if ROUTINE_LOOKUP_IMPORT in names else set()
+        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
+        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
+        self.tracks_globals = False  # set once runtime_slots or wdf_tables are known
 
     @staticmethod
     def entry_state() -> State:
         return entry_state(ARG_REGS, "rsp")
 
     def _call(self, state: State, insn: Insn) -> None:
+        result = None
+        if self.modelled_calls:
+            target = self.call_target(state, insn)
+            if target == ("imp", ROUTINE_LOOKUP_IMPORT):
+                name = self._routine_name(state, insn)
+                if name in RUNTIME_LOOKUP_APIS:
+                    result = (ROUTINE, name)
+            elif target == ("imp", STRING_INIT_IMPORT):
+                self._init_unicode_string(state)
         for reg in VOLATILE:
             state.regs.pop(reg, None)
         sp = state.regs.get("rsp")
@@ -64,6 +113,107 @@ class X64Semantics(IntelSemantics):
                 del state.stack[off]
         else:
             state.stack.clear()
+        if result is not None:
+            state.regs["rax"] = result
+
+    # --- pointers filled at run time --------------------------------------------------------
+    def _init_unicode_string(self, state: State) -> None:
+        """RtlInitUnicodeString(&us, source) on a stack UNICODE_STRING: its Buffer (+8) is
+        source afterwards; Length and MaximumLength are not needed."""
+        us, source = state.regs.get("rcx"), state.regs.get("rdx")
+        if isinstance(us, tuple) and us[0] == "sp":
+            write_stack(state, LAYOUT, us[1], 8, None)
+            write_stack(state, LAYOUT, us[1] + 8, 8, source if isinstance(source, int) else None)
+
+    def _routine_name(self, state: State, insn: Insn) -> str | None:
+        """The name MmGetSystemRoutineAddress is asked for: rcx points at a UNICODE_STRING on
+        the stack or in the image, whose Buffer (+8) points at UTF-16 text in the image."""
+        us = state.regs.get("rcx")
+        if isinstance(us, tuple) and us[0] == "sp":
+            buffer = read_stack(state, LAYOUT, us[1] + 8, 8)
+        elif isinstance(us, int):
+            raw = self.image.read(self._rva(us) + 8, 8)
+            buffer = int.from_bytes(raw, "little") if len(raw) == 8 else None
+        else:
+            return None
+        if not isinstance(buffer, int):
+            return None
+        raw = self.image.read(self._rva(buffer), 2 * MAX_NAME_CHARS)
+        text = raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        return text if text.isidentifier() else None
+
+    def _rva(self, value: int) -> int:
+        """An address as an RVA: lea gives RVAs, pointers stored in the image are VAs."""
+        return value - self.base if value >= self.base else value
+
+    def note_wdf_bind(self, bind_info: Value | None) -> None:
+        """WdfVersionBind's BindInfo argument: remember the WdfFunctions variable that its
+        FuncTable field points at."""
+        if not isinstance(bind_info, int):
+            return
+        raw = self.image.read(self._rva(bind_info) + WDF_BIND_INFO_FUNC_TABLE[64], 8)
+        table = int.from_bytes(raw, "little") if len(raw) == 8 else 0
+        if table >= self.base and self.image.section_at(table - self.base) is not None:
+            self.wdf_tables.add(table - self.base)
+            self.tracks_globals = True
+
+    def transfer(self, state: State, insn: Insn) -> None:
+        if insn.mnemonic in VECTOR_MOVES:
+            self._vector_move(state, insn)
+        else:
+            super().transfer(state, insn)
+
+    def _vector_move(self, state: State, insn: Insn) -> None:
+        """A 16-byte move: xmm <- read-only data is remembered, and storing it to the stack
+        writes its two quadwords (a constant UNICODE_STRING copied to a local)."""
+        ops = operands(insn.op_str)
+        if len(ops) != 2:
+            return
+        dst, src = ops
+        if dst.startswith("xmm") and "[" not in dst:  # a register, not "xmmword ptr [...]"
+            mem = self._mem(state, insn, src)
+            if (mem is not None and mem[0] == "image" and mem[2] == 16
+                    and self.image.is_readonly_data(mem[1])):
+                state.regs[dst] = (RO16, mem[1])
+            else:
+                state.regs.pop(dst, None)
+            return
+        mem = self._mem(state, insn, dst)
+        if mem is None or mem[0] != "stack":
+            return
+        held = state.regs.get(src)
+        if isinstance(held, tuple) and held[0] == RO16 and mem[2] == 16:
+            raw = self.image.read(held[1], 16)
+            for half in (0, 8):
+                write_stack(state, LAYOUT, mem[1] + half, 8,
+                            int.from_bytes(raw[half:half + 8], "little"))
+        else:
+            write_stack(state, LAYOUT, mem[1], mem[2], None)
+
+    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
+        if self.tracks_globals:
+            parsed = parse_memory(text, 64)
+            if parsed is not None and parsed[0] == 8:
+                _, base, disp = parsed
+                if base == "rip":
+                    where = insn.next + disp
+                    if where in self.runtime_slots:
+                        return ("imp", self.runtime_slots[where])
+                    if where in self.wdf_tables:
+                        return WDF_TABLE
+                elif base not in (None, OTHER) and state.regs.get(base) == WDF_TABLE:
+                    # [table + 8k]: the function in slot k
+                    return ("wdf", disp // 8) if disp >= 0 and disp % 8 == 0 else None
+        return super().read(state, insn, text, establish)
+
+    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
+        if isinstance(value, tuple) and value[0] == ROUTINE:
+            mem = self._mem(state, insn, text)
+            if mem is not None and mem[0] == "image" and mem[2] == 8:
+                # The global that keeps a looked-up pool API: calls through it call the API.
+                self.runtime_slots[mem[1]] = value[1]
+                self.tracks_globals = True
+        super().write(state, insn, text, value)
 
     def call_target(self, state: State, insn: Insn) -> Value | None:
         """Where a call or jmp goes: ('imp', api) for an import, an int RVA for local code,
@@ -83,8 +233,13 @@ class X64Semantics(IntelSemantics):
             pointer = self.read(state, insn, text)
             if isinstance(pointer, int) and pointer >= self.image.image_base:
                 return pointer - self.image.image_base  # a constant code pointer (VA)
+            if isinstance(pointer, tuple) and pointer[0] == "imp":
+                return pointer  # a global holding a pool API looked up at run time
             return None
-        return self.read(state, insn, text)
+        value = self.read(state, insn, text)
+        if isinstance(value, tuple) and value[0] == ROUTINE:
+            return ("imp", value[1])  # called right after the lookup, without a reload
+        return value
 
     def call_args(self, state: State, insn: Insn, target: Value | None,
                   tail: bool) -> list[Value | None]:
@@ -117,11 +272,16 @@ class X64Backend(IntelBackend):
         self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
         self._capped: list[int] = []  # sorted starts of regions cut at REGION_CAP (no .pdata)
         self._jump_slots: dict[int, str] = {}  # jmp [IAT] locations: thunks or tail calls
+        # IAT slots of the imports that fill pointers at run time, and references to them.
+        self.resolver_slots = {slot for slot, name in image.imports.items()
+                               if name in RESOLVER_IMPORTS}
+        self._resolver_hits: list[int] = []
         self._scan_code()
+        self._resolve_pointers()
 
     # --- byte-pattern pass ------------------------------------------------------------------
     def _scan_code(self) -> None:
-        slots = np.array(sorted(self.api_slots), dtype=np.int64)
+        slots = np.array(sorted(set(self.api_slots) | self.resolver_slots), dtype=np.int64)
         sections = self.image.code_sections
         if not sections:
             return
@@ -157,12 +317,40 @@ class X64Backend(IntelBackend):
 
     def _rip_hit(self, section, raw: np.ndarray, disp_offset: int, slot: int) -> None:
         rva = section.rva + disp_offset
+        if slot in self.resolver_slots:
+            self._resolver_hits.append(rva)
+            return
         self._hits.append(rva)
         if jumps_through(raw, disp_offset):
             start = disp_offset - 2
             if start >= 1 and raw[start - 1] == 0x48:  # rex.W jmp, as MSVC writes tail calls
                 start -= 1
             self._jump_slots[section.rva + start] = self.api_slots[slot]
+
+    def _resolve_pointers(self) -> None:
+        """First pass over the functions that call MmGetSystemRoutineAddress or
+        WdfVersionBind: the semantics learn which globals hold pool APIs (as a side effect of
+        the analysis) and where WdfFunctions is; the functions that reference those globals
+        become candidates."""
+        sem = self.semantics
+        functions = dict.fromkeys(f for f in map(self.function_of, self._resolver_hits)
+                                  if f is not None)
+        for function in functions:
+            for event in self.analyse(function):
+                if event.target == ("imp", WDF_BIND_IMPORT) and len(event.args) > 2:
+                    sem.note_wdf_bind(event.args[2])
+        targets = set(sem.runtime_slots) | sem.wdf_tables
+        if targets:
+            self._hits.extend(self._rip_references(targets))
+
+    def _rip_references(self, targets: set[int]) -> list[int]:
+        """Locations of rip-relative displacements that address one of targets."""
+        wanted = np.array(sorted(targets), dtype=np.int64)
+        out: list[int] = []
+        for section, _raw, _start, q, disp in scan_dwords(self.image.code_sections):
+            target = disp + q + (section.rva + 4)
+            out.extend(section.rva + int(q[i]) for i in find_in(target, wanted))
+        return out
 
     # --- Backend protocol -------------------------------------------------------------------
     def _thunk_disp(self, rva: int) -> int:
