@@ -26,6 +26,7 @@ Ndis*NetBuffer*Pool routines take no tag argument).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -169,3 +170,17 @@ def test_site_addresses_hold_the_call(windivert):
     for site in result.sites:
         problems += check_site(image, site) + check_function_field(image, site)
     assert not problems, "\n".join(problems)
+
+
+def test_learned_facts_come_from_the_code(windivert):
+    """data/learned.txt (shipped inside data/pooltag.txt) states what the scanner learns from
+    this driver: tools/learn_tags.py on it gives lines that the file holds."""
+    spec = importlib.util.spec_from_file_location(
+        "learn_tags", Path(__file__).resolve().parents[1] / "tools" / "learn_tags.py")
+    learn_tags = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(learn_tags)
+    _, path, _ = windivert
+    learned = learn_tags.learn([path])
+    assert learned == [f"WDiv - {path.name}"]
+    shipped = (Path(__file__).resolve().parents[1] / "data" / "learned.txt").read_text()
+    assert set(learned) <= set(shipped.splitlines())

@@ -3,7 +3,9 @@
 Only facts are kept: which tag pattern belongs to which binary, one `TAG - binary` line each.
 Microsoft's description sentences are not copied; tagfind reads them at run time from the
 user's own pooltag.txt (Debugging Tools for Windows) when one is installed. A line that names
-no binary (`ATmp - AppTag mount point`) becomes `TAG - <unknown>`.
+no binary (`ATmp - AppTag mount point`) becomes `TAG - <unknown>`. Facts tagfind's scanner
+learned from real drivers (data/learned.txt, written by tools/learn_tags.py) follow, where the
+source does not already state them.
 
     python tools/make_pooltag.py ../shared/reference/pooltag.txt [-o data/pooltag.txt]
 """
@@ -40,8 +42,28 @@ def fact_lines(parsed: pooltag.PoolTagFile) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-def render(parsed: pooltag.PoolTagFile, origin: str = DEFAULT_ORIGIN) -> str:
-    return HEADER.format(origin=origin) + "".join(line + "\n" for line in fact_lines(parsed))
+def render(
+    parsed: pooltag.PoolTagFile,
+    origin: str = DEFAULT_ORIGIN,
+    learned: pooltag.PoolTagFile | None = None,
+    learned_header: str = "",
+) -> str:
+    lines = fact_lines(parsed)
+    text = HEADER.format(origin=origin) + "".join(line + "\n" for line in lines)
+    if learned is not None:
+        new = [line for line in fact_lines(learned) if line not in set(lines)]
+        if new:
+            text += learned_header + "".join(line + "\n" for line in new)
+    return text
+
+
+def read_learned(path: Path) -> tuple[pooltag.PoolTagFile | None, str]:
+    """The learned facts and their header comment (where they come from), if the file exists."""
+    if not path.is_file():
+        return None, ""
+    text = path.read_text(encoding="ascii")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("//"))
+    return pooltag.parse(text, str(path)), header
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="pooltag.txt to take the facts from")
     parser.add_argument("-o", "--output", default=str(repo / "data" / "pooltag.txt"))
     parser.add_argument("--origin", default=DEFAULT_ORIGIN, help="where the source came from")
+    parser.add_argument("--learned", default=str(repo / "data" / "learned.txt"),
+                        help="facts learned by tools/learn_tags.py (skipped when absent)")
     args = parser.parse_args(argv)
 
     parsed = pooltag.read_file(args.source)
-    text = render(parsed, args.origin)
+    learned, learned_header = read_learned(Path(args.learned))
+    text = render(parsed, args.origin, learned, learned_header)
     check = pooltag.parse(text, args.output)
-    if {e.fact for e in check.entries} != {e.fact for e in parsed.entries} or check.skipped:
+    expected = {e.fact for e in parsed.entries}
+    if learned is not None:
+        expected |= {e.fact for e in learned.entries}
+    if {e.fact for e in check.entries} != expected or check.skipped:
         print("error: the generated file does not parse back to the same facts", file=sys.stderr)
         return 1
     Path(args.output).write_text(text, encoding="ascii", newline="\n")
