@@ -173,8 +173,10 @@ class SiteFinder:
             return Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via, function)
         raw = _arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg)
         if not isinstance(raw, int):
-            if wrapper is not None:
-                return None  # a call between wrappers is not a pool call of its own
+            if wrapper is not None or api.tag_field is not None:
+                # A call between wrappers is not a pool call of its own; an unread structure
+                # field says nothing about the driver's tags.
+                return None
             # A direct pool call whose tag is not a constant here (a wrapper's own call
             # included: its callers' sites carry the values).
             return Site(event.rva, api.name, None, evidence, False, pool, size, via, function)

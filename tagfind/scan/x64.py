@@ -30,6 +30,7 @@ from ..apis import (
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
+    WDF_APIS_BY_INDEX,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
 )
@@ -254,7 +255,38 @@ class X64Semantics(IntelSemantics):
                 args.append(read_stack(state, LAYOUT, sp[1] + 8 * k + (8 if tail else 0), 4))
             else:
                 args.append(None)
+        if isinstance(target, tuple) and target[0] == "wdf":
+            api = WDF_APIS_BY_INDEX.get(target[1])
+            if api is not None and api.tag_field is not None:
+                # The finder sees the tag where the structure pointer was.
+                pointer = self._pointer_arg(state, api.tag_arg, tail)
+                args[api.tag_arg] = self._field(state, pointer, api.tag_field)
         return args
+
+    def _pointer_arg(self, state: State, index: int, tail: bool) -> Value | None:
+        """Argument `index` at its full 64-bit width (call_args reads stack slots as ULONGs)."""
+        if index < len(ARG_REGS):
+            return state.regs.get(ARG_REGS[index])
+        sp = state.regs.get("rsp")
+        if not (isinstance(sp, tuple) and sp[0] == "sp"):
+            return None
+        return read_stack(state, LAYOUT, sp[1] + 8 * index + (8 if tail else 0), 8)
+
+    def _field(self, state: State, pointer: Value | None, offset: int) -> Value | None:
+        """The ULONG at pointer + offset: a structure on our stack, or in read-only data."""
+        if isinstance(pointer, tuple) and pointer[0] == "sp":
+            where = pointer[1] + offset
+            value = read_stack(state, LAYOUT, where, 4)
+            if value is None and where - 4 in state.stack:
+                # The upper half of a quadword store (a 16-byte copy writes two quadwords).
+                width, whole = state.stack[where - 4]
+                if width == 8 and isinstance(whole, int):
+                    value = whole >> 32
+            return value
+        if isinstance(pointer, int) and self.image.is_readonly_data(self._rva(pointer) + offset):
+            raw = self.image.read(self._rva(pointer) + offset, 4)
+            return int.from_bytes(raw, "little") if len(raw) == 4 else None
+        return None
 
 
 # --- backend: candidates by byte patterns, then per-function analysis -------------------------
