@@ -278,7 +278,35 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
 
 
 def _unavailable_message(path: Path, exc: BaseException) -> str:
-    return f"index {path} cannot be used: {_one_line(exc)}"
+    """SQLite's reason, and what is wrong with the place when that can be told: SQLite says
+    "unable to open database file" for a directory it cannot write in, and "disk I/O error"
+    for a full disk when it cannot make the -shm file."""
+    message = f"index {path} cannot be used: {_one_line(exc)}"
+    problem = _place_problem(path)
+    if problem:
+        message += f" ({problem}; give another place with --index or TAGFIND_INDEX)"
+    return message
+
+
+_LOW_SPACE = 1 << 20
+
+
+def _place_problem(path: Path) -> str | None:
+    """Why the index file cannot be written where it is, when a look at the place tells."""
+    try:
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"no permission to write {path}"
+        if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+            return f"no permission to write in {path.parent}"
+        space = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    free = space.f_bavail * space.f_frsize
+    if free == 0:
+        return f"no space left in {path.parent}"
+    if free < _LOW_SPACE:
+        return f"only {free // 1024} KiB free in {path.parent}"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:
