@@ -123,7 +123,8 @@ class KillMaterial:
     new_files: list[str]
     counts: dict[str, int]  # sha256 -> site count, old and new contents
     reference_new: list
-    windows: dict[str, float] = field(default_factory=dict)  # mode -> uninterrupted seconds
+    # mode -> seconds from the start of an uninterrupted run to its first write, and to its end
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,14 +166,21 @@ def prepare_kills(wine: Path, work: Path, count: int = 60) -> KillMaterial:
         reference_new = ix.sites()
     material = KillMaterial(work, top, base, work / "ix.sqlite3", old_sha, new_sha, new_files,
                             counts, reference_new)  # fmt: skip
+    wal = Path(f"{material.index}-wal")
     for mode in MODES:
         put_index(base, material.index)
         started = time.monotonic()
         proc = start_build(material, mode)
+        first_write = None
+        while proc.poll() is None:
+            if first_write is None and wal.exists() and wal.stat().st_size > 0:
+                first_write = time.monotonic() - started
+            time.sleep(0.005)
         _, err = proc.communicate(timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"uninterrupted {mode} failed: {err.strip()}")
-        material.windows[mode] = time.monotonic() - started
+        end = time.monotonic() - started
+        material.windows[mode] = (first_write or 0.0, end)
     return material
 
 
@@ -233,7 +241,10 @@ def check_after_kill(m: KillMaterial) -> tuple[tuple[int, int], list[str]]:
 def kill_once(m: KillMaterial, rng: random.Random, mode: str, report: KillReport) -> None:
     put_index(m.base, m.index)
     proc = start_build(m, mode)
-    time.sleep(rng.uniform(0.02, 1.05) * m.windows[mode])
+    first_write, end = m.windows[mode]
+    # Mostly while it writes (where the states are); a few before, a few after it would end.
+    time.sleep(rng.uniform(0.0, first_write) if rng.random() < 0.1 else
+               rng.uniform(first_write * 0.9, end * 1.05))  # fmt: skip
     proc.kill()
     proc.communicate()
     report.kills += 1
@@ -425,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         failures: list[str] = []
         if args.kills:
             m = prepare_kills(wine, work / "kills")
-            windows = ", ".join(f"{k} {v:.2f} s" for k, v in m.windows.items())
+            windows = ", ".join(f"{k} {a:.2f}-{b:.2f} s" for k, (a, b) in m.windows.items())
             print(f"kill loop: {len(m.old_sha)} old files, {len(m.new_files)} new; "
-                  f"uninterrupted: {windows}", flush=True)  # fmt: skip
+                  f"writing (uninterrupted): {windows}", flush=True)  # fmt: skip
             started = time.monotonic()
             kills = kill_loop(m, args.kills, rng)
             print(f"kills done: {kills.kills} ({dict(kills.by_mode)}) in "
