@@ -135,3 +135,14 @@ def test_the_table_pointer_itself_and_other_globals_are_no_slot():
     ]
     _, _, targets = _run(program, _bound())
     assert targets == [WDF_TABLE, None]  # neither is a pool API: the finder ignores both
+
+
+def test_sixteen_byte_copies_of_read_only_data_reach_the_stack_and_nothing_stale_does():
+    copy = ("movups", f"xmm0, xmmword ptr {_rip(_at(0), STATIC_US_RVA)}")
+    _, state, _ = _run([copy, ("movaps", "xmm1, xmm0"),
+                        ("movaps", "xmmword ptr [rsp + 0x30], xmm1")])
+    assert state.stack[0x38] == (8, BASE + NAME_RVA)  # Buffer of the copied string
+    for clobber in (("xorps", "xmm0, xmm0"), ("call", "0x1800"),
+                    ("vmovdqu", "ymm0, ymmword ptr [rcx]")):
+        _, state, _ = _run([copy, clobber, ("movaps", "xmmword ptr [rsp + 0x30], xmm0")])
+        assert not any(v for _, v in state.stack.values()), clobber

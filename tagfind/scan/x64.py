@@ -69,6 +69,14 @@ ROUTINE = "routine"
 VECTOR_MOVES = frozenset({"movups", "movaps", "movdqu", "movdqa",
                           "vmovups", "vmovaps", "vmovdqu", "vmovdqa"})
 RO16 = "ro16"  # ("ro16", rva): an xmm register holding the 16 read-only bytes at rva
+
+
+def _vector_reg(operand: str) -> str | None:
+    """The xmm register a vector register operand overlaps (ymm3 -> xmm3); None for anything
+    else, "xmmword ptr [...]" memory included."""
+    if operand[:3] in ("xmm", "ymm", "zmm") and operand[3:].isdigit():
+        return "xmm" + operand[3:]
+    return None
 MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
 
 
@@ -83,10 +91,11 @@ class X64Semantics(IntelSemantics):
         super().__init__(image, imports)
         self.all_imports = image.imports
         self.guard_slots = guard_slots
-        names = {name: slot for slot, name in image.imports.items()}
-        # Calls whose effect we model: only when the image imports them (else no cost).
-        self.modelled_calls = {n for n in (ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT)
-                               if n in names} if ROUTINE_LOOKUP_IMPORT in names else set()
+        imported = set(image.imports.values())
+        # Calls whose effect we model, only when the image looks routines up by name (else no
+        # cost): RtlInitUnicodeString matters only on the way to MmGetSystemRoutineAddress.
+        self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
+                               if ROUTINE_LOOKUP_IMPORT in imported else set())
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
         self.tracks_globals = False  # set once runtime_slots or wdf_tables are known
@@ -107,6 +116,8 @@ class X64Semantics(IntelSemantics):
                 self._init_unicode_string(state)
         for reg in VOLATILE:
             state.regs.pop(reg, None)
+        for reg in [r for r in state.regs if r.startswith("xmm")]:
+            del state.regs[reg]  # xmm0-5 are volatile; a callee may have used any
         sp = state.regs.get("rsp")
         if isinstance(sp, tuple) and sp[0] == "sp":
             # The callee owns its home space; everything else in our frame survives.
@@ -161,8 +172,14 @@ class X64Semantics(IntelSemantics):
     def transfer(self, state: State, insn: Insn) -> None:
         if insn.mnemonic in VECTOR_MOVES:
             self._vector_move(state, insn)
-        else:
-            super().transfer(state, insn)
+            return
+        if insn.op_str[:1] in "xyz":
+            # Any other write to a vector register (xorps xmm0, xmm0; pxor; ...) ends what
+            # we knew of it; the generic rules do not track vector registers.
+            reg = _vector_reg(insn.op_str.split(",", 1)[0])
+            if reg is not None:
+                state.regs.pop(reg, None)
+        super().transfer(state, insn)
 
     def _vector_move(self, state: State, insn: Insn) -> None:
         """A 16-byte move: xmm <- read-only data is remembered, and storing it to the stack
@@ -171,13 +188,17 @@ class X64Semantics(IntelSemantics):
         if len(ops) != 2:
             return
         dst, src = ops
-        if dst.startswith("xmm") and "[" not in dst:  # a register, not "xmmword ptr [...]"
+        dst_reg, src_reg = _vector_reg(dst), _vector_reg(src)
+        if dst_reg is not None:
+            held = state.regs.get(src_reg) if src_reg is not None else None
             mem = self._mem(state, insn, src)
             if (mem is not None and mem[0] == "image" and mem[2] == 16
                     and self.image.is_readonly_data(mem[1])):
-                state.regs[dst] = (RO16, mem[1])
+                held = (RO16, mem[1])
+            if held is not None and dst == dst_reg:  # 16 bytes, into an xmm register
+                state.regs[dst_reg] = held
             else:
-                state.regs.pop(dst, None)
+                state.regs.pop(dst_reg, None)
             return
         mem = self._mem(state, insn, dst)
         if mem is None or mem[0] != "stack":
