@@ -97,6 +97,7 @@ class X64Semantics(IntelSemantics):
         self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
                                if ROUTINE_LOOKUP_IMPORT in imported else set())
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
+        self.resolver_thunks: dict[int, str] = {}  # MinGW `jmp [IAT]` stubs of RESOLVER_IMPORTS
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
         self.tracks_globals = False  # set once runtime_slots or wdf_tables are known
 
@@ -107,7 +108,7 @@ class X64Semantics(IntelSemantics):
     def _call(self, state: State, insn: Insn) -> None:
         result = None
         if self.modelled_calls:
-            target = self.call_target(state, insn)
+            target = self.import_called(self.call_target(state, insn))
             if target == ("imp", ROUTINE_LOOKUP_IMPORT):
                 name = self._routine_name(state, insn)
                 if name in RUNTIME_LOOKUP_APIS:
@@ -129,6 +130,12 @@ class X64Semantics(IntelSemantics):
             state.regs["rax"] = result
 
     # --- pointers filled at run time --------------------------------------------------------
+    def import_called(self, target: Value | None) -> Value | None:
+        """A call target with the import thunks of the resolver imports seen as the import."""
+        if isinstance(target, int) and target in self.resolver_thunks:
+            return ("imp", self.resolver_thunks[target])
+        return target
+
     def _init_unicode_string(self, state: State) -> None:
         """RtlInitUnicodeString(&us, source) on a stack UNICODE_STRING: its Buffer (+8) is
         source afterwards; Length and MaximumLength are not needed."""
@@ -329,6 +336,7 @@ class X64Backend(IntelBackend):
         self.resolver_slots = {slot for slot, name in image.imports.items()
                                if name in RESOLVER_IMPORTS}
         self._resolver_hits: list[int] = []
+        self._resolver_jumps: dict[int, str] = {}  # jmp [IAT] of a resolver import -> name
         self._scan_code()
         self._resolve_pointers()
 
@@ -371,6 +379,12 @@ class X64Backend(IntelBackend):
     def _rip_hit(self, section, raw: np.ndarray, disp_offset: int, slot: int) -> None:
         rva = section.rva + disp_offset
         if slot in self.resolver_slots:
+            if jumps_through(raw, disp_offset):
+                # A MinGW-style import thunk (or a tail call): its callers are looked at too.
+                start = disp_offset - 2
+                if start >= 1 and raw[start - 1] == 0x48:  # rex.W jmp
+                    start -= 1
+                self._resolver_jumps[section.rva + start] = self.image.imports[slot]
             self._resolver_hits.append(rva)
             return
         self._hits.append(rva)
@@ -386,11 +400,17 @@ class X64Backend(IntelBackend):
         the analysis) and where WdfFunctions is; the functions that reference those globals
         become candidates."""
         sem = self.semantics
-        functions = dict.fromkeys(f for f in map(self.function_of, self._resolver_hits)
-                                  if f is not None)
+        sites = list(self._resolver_hits)
+        for rva, name in self._resolver_jumps.items():
+            callers = self.callers_of(rva)
+            if len(callers) or self._is_thunk(rva):
+                sem.resolver_thunks[rva] = name
+                sites.extend(int(c) for c in callers)
+        functions = dict.fromkeys(f for f in map(self.function_of, sites) if f is not None)
         for function in functions:
             for event in self.analyse(function):
-                if event.target == ("imp", WDF_BIND_IMPORT) and len(event.args) > 2:
+                target = sem.import_called(event.target)
+                if target == ("imp", WDF_BIND_IMPORT) and len(event.args) > 2:
                     sem.note_wdf_bind(event.args[2])
         targets = set(sem.runtime_slots) | sem.wdf_tables
         if targets:
