@@ -8,6 +8,7 @@ TAGFIND_TEST_SEED fixes the random kill points and swap moments.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -21,7 +22,9 @@ import pytest
 from conftest import skip_or_fail
 from pe_factory import KERNEL_FILES, MaterialMissing, copy_files, smallest_pe_files, wine_dir
 
+import tagfind.index.workers as workers
 from tagfind.index import Index
+from tagfind.tags import NONE_TAG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import index_stress  # noqa: E402
@@ -72,6 +75,45 @@ def test_queries_during_a_rebuild_answer_old_or_new(wine: Path, tmp_path: Path) 
     assert report.failures == []
     assert report.during_rebuild >= 4  # the rebuild was long enough to be queried
     assert report.answers["new"] >= 2  # at least the last query of each round
+
+
+def test_a_rebuild_does_not_put_back_content_a_later_refresh_replaced(
+    wine: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A rebuild reads a driver; the driver is replaced and a query's refresh indexes the new
+    content; then the rebuild stores what it read. The query's row (the later look) stands: a
+    reader must not get the old content back (it used to, until the next refresh)."""
+    top = tmp_path / "tree"
+    files = [str(p) for p in copy_files([wine / "winebus.sys", wine / "usbd.sys"], top)]
+    winebus = str(top / "winebus.sys")
+    path = tmp_path / "ix.sqlite3"
+    with Index(path) as ix:
+        ix.refresh(files, jobs=1)
+    real_scan = workers.scan_for_index
+    seen: list[list[str]] = []
+    raced: list[bool] = []
+
+    def scan_then_race(file: str, sha: str):
+        outcome = real_scan(file, sha)
+        if file == winebus and not raced:
+            raced.append(True)  # once (the query's refresh scans through here too)
+            index_stress.swap_in(wine / index_stress.REPLACEMENT, Path(winebus))
+            with Index(path) as query:
+                query.refresh(files, jobs=1)
+                seen.append(sorted({r.path for r in query.sites(tags=[NONE_TAG])}))
+        return outcome
+
+    monkeypatch.setattr(workers, "scan_for_index", scan_then_race)
+    with Index(path) as rebuild:
+        rebuild.refresh(files, rebuild=True, jobs=1)
+    monkeypatch.undo()
+    new_sha = hashlib.sha256(Path(winebus).read_bytes()).hexdigest()
+    with Index(path) as ix:
+        assert seen == [[str(top / "usbd.sys")]]
+        assert {r.path: r.sha256 for r in ix.file_rows()}[winebus] == new_sha
+        assert {r.path for r in ix.sites(tags=[NONE_TAG])} == {str(top / "usbd.sys")}
+        assert ix.check() == []
+        assert ix.refresh(files, jobs=1).unchanged == 2
 
 
 # --- kill -9 at random points of a build, many times --------------------------------------

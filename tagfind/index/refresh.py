@@ -74,10 +74,11 @@ class _Refresh:
         self.version = current_scanner_version()
         self.wrote = False
         self.released: set[str] = set()  # contents a write in this transaction stopped using
+        self.known: dict[str, _Known] = {}  # the rows as this refresh first read them
 
     def run(self) -> RefreshStats:
         start = time.perf_counter()
-        known = self._known()
+        known = self.known = self._known()
         pending, gone = self._stat_all(known)
         if pending:
             gone |= self._hash_all(pending)
@@ -173,11 +174,24 @@ class _Refresh:
         cur = self.conn.execute(
             _UPSERT_FILE_FROM_CONTENT,
             (item.path, item.size, item.mtime_ns, item.checked_ns, item.sha256, self.version,
-             self.timeout),
+             self.timeout, self._expected(item.path)),
         )  # fmt: skip
         if cur.rowcount > 0:
             self._release(previous, item.sha256)
-        return cur.rowcount > 0
+            return True
+        return self._rewritten_by_another(item.path)
+
+    def _expected(self, path: str) -> int | None:
+        """The checked_ns of the path's row when this refresh read the index (None: none)."""
+        row = self.known.get(path)
+        return row.checked_ns if row is not None else None
+
+    def _rewritten_by_another(self, path: str) -> bool:
+        """Another refresh wrote this path's row since this one read the index (see
+        _UPSERT_SET): that row stands."""
+        row = self.conn.execute("SELECT checked_ns FROM files WHERE path = ?", (path,))
+        found = row.fetchone()
+        return found is not None and found[0] != self._expected(path)
 
     def _current_sha(self, path: str) -> str | None:
         # Read inside the write transaction: another process may have changed the row.
@@ -274,12 +288,16 @@ class _Refresh:
     def _store_file(self, item: _Pending, outcome: _Outcome, now: float) -> None:
         # The worker hashed what it scanned; if the file changed since we hashed it, the row
         # records the worker's content with our (older) stat, so the next refresh looks again.
-        self._release(self._current_sha(item.path), outcome.sha256)
-        self.conn.execute(
+        previous = self._current_sha(item.path)
+        cur = self.conn.execute(
             _UPSERT_FILE,
             (item.path, item.size, item.mtime_ns, outcome.sha256, self.version,
-             outcome.arch, outcome.error, now, item.checked_ns),
+             outcome.arch, outcome.error, now, item.checked_ns, self._expected(item.path)),
         )  # fmt: skip
+        if cur.rowcount > 0:
+            self._release(previous, outcome.sha256)
+        else:  # another refresh's row stands; this content may now be unused
+            self.released.add(outcome.sha256)
 
     def _drop(self, paths: set[str], known: dict[str, _Known]) -> None:
         """Forget `paths`, then every content no file points at (in one transaction)."""
@@ -297,11 +315,16 @@ class _Refresh:
         self.stats.removed = len(dropping)
 
 
+# A row another refresh wrote since this one read the index stands (the last parameter is
+# the row's checked_ns as this refresh read it, None when there was no row): a long rebuild
+# that read a file before a query's refresh saw it change must not put the old content back.
+# Whichever row stands was stat'ed before its content was read, so a change is seen next time.
 _UPSERT_SET = (
     " ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
     " sha256 = excluded.sha256, scanner_version = excluded.scanner_version,"
     " arch = excluded.arch, error = excluded.error, scanned_at = excluded.scanned_at,"
     " checked_ns = excluded.checked_ns"
+    " WHERE files.checked_ns IS ?"
 )
 _UPSERT_FILE = (
     "INSERT INTO files (path, size, mtime_ns, sha256, scanner_version, arch, error, scanned_at,"
