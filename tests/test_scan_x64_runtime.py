@@ -146,3 +146,11 @@ def test_sixteen_byte_copies_of_read_only_data_reach_the_stack_and_nothing_stale
                     ("vmovdqu", "ymm0, ymmword ptr [rcx]")):
         _, state, _ = _run([copy, clobber, ("movaps", "xmmword ptr [rsp + 0x30], xmm0")])
         assert not any(v for _, v in state.stack.values()), clobber
+
+
+def test_the_string_instruction_movsd_is_no_vector_move_and_movq_to_a_register_is_unknown():
+    _, state, _ = _run([("mov", "esi, 5"), ("mov", "qword ptr [rsp + 0x30], 7"),
+                        ("movsd", "dword ptr [rdi], dword ptr [rsi]"),
+                        ("mov", "eax, 9"), ("movq", "rax, xmm0")])
+    assert "rsi" not in state.regs and not state.stack  # the string copy's effects
+    assert "rax" not in state.regs

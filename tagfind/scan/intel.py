@@ -188,6 +188,30 @@ MODE64 = Mode(64)
 MODE32 = Mode(32)
 
 
+# --- vector registers -------------------------------------------------------------------------
+# Moves of 8 or 16 bytes through xmm registers: compilers copy small constant structures
+# (a UNICODE_STRING, a config) from read-only data to the stack this way. Only that is tracked:
+# an xmm register holds ("ro", rva, width), the read-only bytes it was loaded from.
+VECTOR_MOVES = frozenset({"movups", "movaps", "movdqu", "movdqa", "movsd", "movq",
+                          "vmovups", "vmovaps", "vmovdqu", "vmovdqa", "vmovsd", "vmovq"})
+VECTOR_WIDTH = {"movsd": 8, "movq": 8, "vmovsd": 8, "vmovq": 8}  # else 16
+RO = "ro"
+
+
+def vector_reg(operand: str) -> str | None:
+    """The xmm register a vector register operand overlaps (ymm3 -> xmm3); None for anything
+    else, "xmmword ptr [...]" memory included."""
+    if operand[:3] in ("xmm", "ymm", "zmm") and operand[3:].isdigit():
+        return "xmm" + operand[3:]
+    return None
+
+
+def forget_vectors(state: State) -> None:
+    """A call: the callee may use any xmm register."""
+    for reg in [r for r in state.regs if r.startswith("xmm")]:
+        del state.regs[reg]
+
+
 # --- semantics --------------------------------------------------------------------------------
 class IntelSemantics:
     """Transfer function of the instructions both modes treat alike. A subclass sets `mode`
@@ -327,6 +351,13 @@ class IntelSemantics:
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
+        if insn.op_str[:1] in "xyz":
+            # A write to a vector register ends what we knew of it, unless it is a copy below.
+            reg = vector_reg(insn.op_str.split(",", 1)[0])
+            if reg is not None:
+                state.regs.pop(reg, None)
+        if mnem in VECTOR_MOVES and self._vector_move(state, insn):
+            return
         ops = operands(insn.op_str)
         if mnem in ("mov", "movabs") and len(ops) == 2:
             self.write(state, insn, ops[0], self.read(state, insn, ops[1]))
@@ -381,6 +412,39 @@ class IntelSemantics:
                 state.regs.pop(fp, None)
         else:
             self._generic(state, insn, mnem, ops)
+
+    def _vector_move(self, state: State, insn: Insn) -> bool:
+        """An 8- or 16-byte move with an xmm register on one side (False for anything else:
+        the string instruction movsd, or a move into a general register, is not one). Loading
+        read-only data is remembered; storing it to the stack writes its words."""
+        ops = operands(insn.op_str)
+        if len(ops) != 2:
+            return False
+        dst, src = ops
+        dst_reg, src_reg = vector_reg(dst), vector_reg(src)
+        width = VECTOR_WIDTH.get(insn.mnemonic, 16)
+        if dst_reg is not None:
+            held = state.regs.get(src_reg) if src_reg is not None else None
+            mem = self._mem(state, insn, src)
+            if (mem is not None and mem[0] == "image" and mem[2] == width
+                    and self.image.is_readonly_data(mem[1])):
+                held = (RO, mem[1], width)
+            if held is not None and dst == dst_reg:
+                state.regs[dst_reg] = held
+            return True
+        mem = self._mem(state, insn, dst)
+        if src_reg is None or mem is None:
+            return False
+        if mem[0] == "stack":
+            held = state.regs.get(src_reg)
+            if isinstance(held, tuple) and held[0] == RO and held[2] == mem[2]:
+                raw = self.image.read(held[1], held[2])
+                for at in range(0, len(raw) - self.word + 1, self.word):
+                    write_stack(state, self.layout, mem[1] + at, self.word,
+                                int.from_bytes(raw[at:at + self.word], "little"))
+            else:
+                write_stack(state, self.layout, mem[1], mem[2], None)
+        return True
 
     def _alu(self, state: State, insn: Insn, mnem: str, ops: list[str]) -> None:
         a = self.read(state, insn, ops[0])
@@ -438,6 +502,19 @@ class IntelSemantics:
             target = direct_target(insn.op_str)
             return Flow((target,) if target is not None else (), True)
         return Flow()
+
+
+# --- pool APIs looked up by name at run time --------------------------------------------------
+ROUTINE = "routine"  # ("routine", api): MmGetSystemRoutineAddress's result, naming a pool API
+MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
+
+
+def routine_name(image, rva: int) -> str | None:
+    """The UTF-16 routine name at rva in the image (a UNICODE_STRING's buffer), if it reads as
+    an identifier."""
+    raw = image.read(rva, 2 * MAX_NAME_CHARS)
+    text = raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
+    return text if text.isidentifier() else None
 
 
 # --- decoding -----------------------------------------------------------------------------------

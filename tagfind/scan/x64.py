@@ -40,17 +40,19 @@ from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
 from .intel import (
     MODE64,
     OTHER,
+    ROUTINE,
     IntelBackend,
     IntelSemantics,
     code_bounds,
     decode,
     direct_target,
     find_in,
+    forget_vectors,
     jumps_through,
     make_decoder,
-    operands,
     parse_memory,
     rel32_branches,
+    routine_name,
     scan_dwords,
 )
 
@@ -64,22 +66,6 @@ LAYOUT = FrameLayout(arg_base=0x28, slot=8, first_stack_arg=4, word_bits=64)
 # Values for pointers resolved at run time: the WDF function table (loaded from WdfFunctions),
 # and ("routine", api) for MmGetSystemRoutineAddress's result naming a pool API.
 WDF_TABLE = ("wdftable",)
-ROUTINE = "routine"
-# 16-byte moves through xmm registers: compilers copy a constant UNICODE_STRING this way.
-VECTOR_MOVES = frozenset({"movups", "movaps", "movdqu", "movdqa",
-                          "vmovups", "vmovaps", "vmovdqu", "vmovdqa"})
-RO16 = "ro16"  # ("ro16", rva): an xmm register holding the 16 read-only bytes at rva
-
-
-def _vector_reg(operand: str) -> str | None:
-    """The xmm register a vector register operand overlaps (ymm3 -> xmm3); None for anything
-    else, "xmmword ptr [...]" memory included."""
-    if operand[:3] in ("xmm", "ymm", "zmm") and operand[3:].isdigit():
-        return "xmm" + operand[3:]
-    return None
-MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
-
-
 class X64Semantics(IntelSemantics):
     """Transfer function and call resolution for one image's x64 code."""
 
@@ -117,8 +103,7 @@ class X64Semantics(IntelSemantics):
                 self._init_unicode_string(state)
         for reg in VOLATILE:
             state.regs.pop(reg, None)
-        for reg in [r for r in state.regs if r.startswith("xmm")]:
-            del state.regs[reg]  # xmm0-5 are volatile; a callee may have used any
+        forget_vectors(state)
         sp = state.regs.get("rsp")
         if isinstance(sp, tuple) and sp[0] == "sp":
             # The callee owns its home space; everything else in our frame survives.
@@ -157,9 +142,7 @@ class X64Semantics(IntelSemantics):
             return None
         if not isinstance(buffer, int):
             return None
-        raw = self.image.read(self._rva(buffer), 2 * MAX_NAME_CHARS)
-        text = raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
-        return text if text.isidentifier() else None
+        return routine_name(self.image, self._rva(buffer))
 
     def _rva(self, value: int) -> int:
         """An address as an RVA: lea gives RVAs, pointers stored in the image are VAs."""
@@ -175,49 +158,6 @@ class X64Semantics(IntelSemantics):
         if table >= self.base and self.image.section_at(table - self.base) is not None:
             self.wdf_tables.add(table - self.base)
             self.tracks_globals = True
-
-    def transfer(self, state: State, insn: Insn) -> None:
-        if insn.mnemonic in VECTOR_MOVES:
-            self._vector_move(state, insn)
-            return
-        if insn.op_str[:1] in "xyz":
-            # Any other write to a vector register (xorps xmm0, xmm0; pxor; ...) ends what
-            # we knew of it; the generic rules do not track vector registers.
-            reg = _vector_reg(insn.op_str.split(",", 1)[0])
-            if reg is not None:
-                state.regs.pop(reg, None)
-        super().transfer(state, insn)
-
-    def _vector_move(self, state: State, insn: Insn) -> None:
-        """A 16-byte move: xmm <- read-only data is remembered, and storing it to the stack
-        writes its two quadwords (a constant UNICODE_STRING copied to a local)."""
-        ops = operands(insn.op_str)
-        if len(ops) != 2:
-            return
-        dst, src = ops
-        dst_reg, src_reg = _vector_reg(dst), _vector_reg(src)
-        if dst_reg is not None:
-            held = state.regs.get(src_reg) if src_reg is not None else None
-            mem = self._mem(state, insn, src)
-            if (mem is not None and mem[0] == "image" and mem[2] == 16
-                    and self.image.is_readonly_data(mem[1])):
-                held = (RO16, mem[1])
-            if held is not None and dst == dst_reg:  # 16 bytes, into an xmm register
-                state.regs[dst_reg] = held
-            else:
-                state.regs.pop(dst_reg, None)
-            return
-        mem = self._mem(state, insn, dst)
-        if mem is None or mem[0] != "stack":
-            return
-        held = state.regs.get(src)
-        if isinstance(held, tuple) and held[0] == RO16 and mem[2] == 16:
-            raw = self.image.read(held[1], 16)
-            for half in (0, 8):
-                write_stack(state, LAYOUT, mem[1] + half, 8,
-                            int.from_bytes(raw[half:half + 8], "little"))
-        else:
-            write_stack(state, LAYOUT, mem[1], mem[2], None)
 
     def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
         if self.tracks_globals:

@@ -52,6 +52,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..apis import (
+    ROUTINE_LOOKUP_IMPORT,
+    RUNTIME_LOOKUP_APIS,
+    STRING_INIT_IMPORT,
+)
 from .dataflow import Insn, State, Value, run
 from .finder import CallEvent
 from .frames import (
@@ -65,16 +70,20 @@ from .frames import (
 )
 from .intel import (
     MODE32,
+    ROUTINE,
     IntelBackend,
     IntelSemantics,
     code_bounds,
     decode,
     direct_target,
     find_in,
+    forget_vectors,
     jumps_through,
     make_decoder,
     operands,
+    parse_memory,
     rel32_branches,
+    routine_name,
     scan_dwords,
 )
 
@@ -142,6 +151,9 @@ OTHER_IMPORT_POPS: dict[str, int] = {
          "InterlockedIncrement", "InterlockedDecrement", "InterlockedExchange",
          "_allshl", "_allshr", "_aullshr"), 0),
     **dict.fromkeys(("_allmul", "_alldiv", "_aulldiv", "_allrem", "_aullrem"), 16),
+    # NTAPI (stdcall) imports the run-time lookup of pool APIs goes through.
+    ROUTINE_LOOKUP_IMPORT: 4,
+    STRING_INIT_IMPORT: 8,
 }
 
 
@@ -177,6 +189,10 @@ class X86Semantics(IntelSemantics):
         self.callee_pops = callee_pops
         self.thunk_api = thunk_api
         self.moves_frame = moves_frame
+        # Pool APIs looked up by name at run time (see x64.py): modelled only when the image
+        # imports MmGetSystemRoutineAddress.
+        self.models_lookup = ROUTINE_LOOKUP_IMPORT in set(image.imports.values())
+        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
 
     @staticmethod
     def entry_state() -> State:
@@ -226,8 +242,12 @@ class X86Semantics(IntelSemantics):
                 write_stack(state, LAYOUT, sp - 4, 4, None)
             return
         pops = self.callee_pops(target)
+        result = self._lookup_effect(state, target, sp) if self.models_lookup else None
         for reg in VOLATILE:
             state.regs.pop(reg, None)
+        forget_vectors(state)
+        if result is not None:
+            state.regs["eax"] = result
         if self.moves_frame(target):
             state.regs.pop("ebp", None)  # __SEH_prolog4 sets the caller's ebp itself
         if sp is None:
@@ -238,6 +258,50 @@ class X86Semantics(IntelSemantics):
         else:
             drop_below(state, sp + pops)
             state.regs["esp"] = ("sp", sp + pops)
+
+    # --- pool APIs looked up by name at run time -------------------------------------------
+    def _lookup_effect(self, state: State, target: Value | None, sp: int | None) -> Value | None:
+        """What MmGetSystemRoutineAddress(&us) returns when us names a pool API; for
+        RtlInitUnicodeString(&us, source), us.Buffer (+4) becomes source."""
+        name = self.api_name(target)
+        if sp is None or name not in (ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT):
+            return None
+        us = read_stack(state, LAYOUT, sp, 4)
+        if name == STRING_INIT_IMPORT:
+            if isinstance(us, tuple) and us[0] == "sp":
+                source = read_stack(state, LAYOUT, sp + 4, 4)
+                write_stack(state, LAYOUT, us[1], 4, None)
+                write_stack(state, LAYOUT, us[1] + 4, 4, source if isinstance(source, int)
+                            else None)
+            return None
+        if isinstance(us, tuple) and us[0] == "sp":
+            buffer = read_stack(state, LAYOUT, us[1] + 4, 4)
+        elif isinstance(us, int):  # a static UNICODE_STRING (a VA)
+            raw = self.image.read(((us - self.base) & MASK32) + 4, 4)
+            buffer = int.from_bytes(raw, "little") if len(raw) == 4 else None
+        else:
+            return None
+        if not isinstance(buffer, int):
+            return None
+        found = routine_name(self.image, (buffer - self.base) & MASK32)
+        return (ROUTINE, found) if found in RUNTIME_LOOKUP_APIS else None
+
+    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
+        if self.runtime_slots:
+            parsed = parse_memory(text, 32)
+            if parsed is not None and parsed[0] == 4 and parsed[1] is None:
+                name = self.runtime_slots.get((parsed[2] - self.base) & MASK32)
+                if name is not None:
+                    return ("imp", name)
+        return super().read(state, insn, text, establish)
+
+    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
+        if isinstance(value, tuple) and value[0] == ROUTINE:
+            mem = self._mem(state, insn, text)
+            if mem is not None and mem[0] == "image" and mem[2] == 4:
+                # The global that keeps a looked-up pool API: calls through it call the API.
+                self.runtime_slots[mem[1]] = value[1]
+        super().write(state, insn, text, value)
 
     # --- calls ------------------------------------------------------------------------------
     def call_target(self, state: State, insn: Insn) -> Value | None:
@@ -262,6 +326,8 @@ class X86Semantics(IntelSemantics):
             # A code address held in a register or a read-only table is a VA.
             rva = value - self.base
             return rva if 0 <= rva < self.image.size_of_image else None
+        if isinstance(value, tuple) and value[0] == ROUTINE:
+            return ("imp", value[1])  # called right after the lookup, without a reload
         return value
 
     def api_name(self, target: Value | None) -> str | None:
@@ -355,9 +421,15 @@ class X86Backend(IntelBackend):
         self._e8_dst = np.zeros(0, dtype=np.int64)  # targets of rel32 calls, sorted
         self._pops: dict[int, int | None] = {}
         self._odd_frames: set[int] = set()  # local callees that move esp oddly
+        # MmGetSystemRoutineAddress's IAT slot(s) and references to them (KMDF tables: x64 only)
+        self.resolver_slots = {slot for slot, name in image.imports.items()
+                               if name == ROUTINE_LOOKUP_IMPORT}
+        self._resolver_hits: list[int] = []
         self._scan_code()
         self._classify_jumps()
         self.starts = self._function_starts()
+        if self.resolver_slots:
+            self._resolve_pointers()
 
     # --- byte-pattern pass ------------------------------------------------------------------
     def _scan_code(self) -> None:
@@ -388,6 +460,25 @@ class X86Backend(IntelBackend):
             self._jump_slots[rva - 2] = slot  # a thunk or a tail call: _classify_jumps decides
         if slot in self.api_slots:
             self._hits.append(rva)
+        elif slot in self.resolver_slots:
+            self._resolver_hits.append(rva)
+
+    def _resolve_pointers(self) -> None:
+        """First pass over the functions that call MmGetSystemRoutineAddress (directly or
+        through its thunk): the semantics learn which globals hold pool APIs; the functions
+        that reference those globals become candidates (as on x64; KMDF tables are x64 only)."""
+        sites = [rva for rva in self._resolver_hits if rva - 2 not in self._thunks]
+        for thunk, name in self._thunks.items():
+            if name == ROUTINE_LOOKUP_IMPORT:
+                sites.extend(self.callers_of(thunk))
+        for function in dict.fromkeys(f for f in map(self.function_of, sites) if f is not None):
+            self.analyse(function)
+        globals_ = self.semantics.runtime_slots
+        if not globals_:
+            return
+        wanted = np.array(sorted(rva + self.base for rva in globals_), dtype=np.int64)
+        for section, _raw, start, _q, value in scan_dwords(self.image.code_sections):
+            self._hits.extend(section.rva + start + i for i in find_in(value & MASK32, wanted))
 
     def _classify_jumps(self) -> None:
         """`jmp [IAT]` is the linker's import thunk when something calls it (E8) or when it
