@@ -44,6 +44,10 @@ Imports: `call [IAT]` (FF 15 with an absolute, relocated address: ImageBase is s
 `mov reg, [IAT]` / `mov eax, [IAT]` (8B /r, A1) then `call reg`, `jmp [IAT]` thunks (FF 25)
 called with E8, and tail jumps to either. A `jmp [IAT]` is a thunk when something calls it or
 it stands alone after padding, a ret or another thunk; inside a function it is a tail call.
+
+Pool APIs looked up by name at run time, as on x64 (see x64.py): a first pass over the callers
+of MmGetSystemRoutineAddress (stdcall; UNICODE_STRING.Buffer at +4) learns which globals hold
+a pool API; calls through them are calls to it. KMDF function tables are followed on x64 only.
 """
 
 from __future__ import annotations
