@@ -14,8 +14,10 @@ retried when a longer time limit is given, a failed one when it changes or on re
 
 Safety: each step writes in one `_write` transaction (BEGIN IMMEDIATE, see db.py). A file row
 is written in the same transaction as its content row (or only when that content row exists),
-and content rows are deleted only when no file row points at them. A warm refresh that finds
-nothing changed writes nothing.
+and content rows are deleted only when no file row points at them. A file row another refresh
+wrote since this one read the index is left as it is: it comes from a later look at the file
+(a query's refresh during a long rebuild). A warm refresh that finds nothing changed writes
+nothing.
 """
 
 from __future__ import annotations
