@@ -31,9 +31,10 @@ class PoolApi:
     # A KMDF API: its slot in the WDF function table (WDFFUNCENUM), not an import.
     wdf_index: int | None = None
     # The tag is not the argument itself: `tag_arg` points at a structure whose ULONG at this
-    # byte offset (64-bit layout) is the tag. The backend reads it; an unknown or 0 field is
-    # no site (the API does not allocate with a tag the driver chose).
-    tag_field: int | None = None
+    # byte offset is the tag: (offset in the 64-bit layout, offset in the 32-bit layout). The
+    # backend reads it; an unknown or 0 field is no site (the API does not allocate with a tag
+    # the driver chose).
+    tag_field: tuple[int, int] | None = None
 
     @property
     def import_name(self) -> str | None:
@@ -78,8 +79,9 @@ _ROWS: tuple[PoolApi, ...] = (
     # WdfDriverCreate(Globals, DriverObject, RegistryPath, DriverAttributes, DriverConfig,
     # Driver), slot 116: the framework allocates for the driver with
     # WDF_DRIVER_CONFIG.DriverPoolTag (ULONG Size; PFN EvtDriverDeviceAdd; PFN EvtDriverUnload;
-    # ULONG DriverInitFlags; ULONG DriverPoolTag: offset 0x1C on 64-bit) when it is not 0.
-    PoolApi("WdfDriverCreate", "other", 4, wdf_index=116, tag_field=0x1C),
+    # ULONG DriverInitFlags; ULONG DriverPoolTag: offset 0x1C on 64-bit, 0x10 on 32-bit)
+    # when it is not 0.
+    PoolApi("WdfDriverCreate", "other", 4, wdf_index=116, tag_field=(0x1C, 0x10)),
 )
 
 POOL_APIS: dict[str, PoolApi] = {row.name: row for row in _ROWS}

@@ -506,6 +506,7 @@ class IntelSemantics:
 
 # --- pool APIs looked up by name at run time --------------------------------------------------
 ROUTINE = "routine"  # ("routine", api): MmGetSystemRoutineAddress's result, naming a pool API
+WDF_TABLE = ("wdftable",)  # a pointer loaded from the KMDF WdfFunctions variable
 MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
 
 

@@ -41,6 +41,7 @@ from .intel import (
     MODE64,
     OTHER,
     ROUTINE,
+    WDF_TABLE,
     IntelBackend,
     IntelSemantics,
     code_bounds,
@@ -63,9 +64,6 @@ MAX_ARGS = 8
 # home space of the register arguments.
 LAYOUT = FrameLayout(arg_base=0x28, slot=8, first_stack_arg=4, word_bits=64)
 
-# Values for pointers resolved at run time: the WDF function table (loaded from WdfFunctions),
-# and ("routine", api) for MmGetSystemRoutineAddress's result naming a pool API.
-WDF_TABLE = ("wdftable",)
 class X64Semantics(IntelSemantics):
     """Transfer function and call resolution for one image's x64 code."""
 
@@ -228,7 +226,7 @@ class X64Semantics(IntelSemantics):
             if api is not None and api.tag_field is not None:
                 # The finder sees the tag where the structure pointer was.
                 pointer = self._pointer_arg(state, api.tag_arg, tail)
-                args[api.tag_arg] = self._field(state, pointer, api.tag_field)
+                args[api.tag_arg] = self._field(state, pointer, api.tag_field[0])
         return args
 
     def _pointer_arg(self, state: State, index: int, tail: bool) -> Value | None:

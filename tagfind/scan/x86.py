@@ -45,9 +45,13 @@ Imports: `call [IAT]` (FF 15 with an absolute, relocated address: ImageBase is s
 called with E8, and tail jumps to either. A `jmp [IAT]` is a thunk when something calls it or
 it stands alone after padding, a ret or another thunk; inside a function it is a tail call.
 
-Pool APIs looked up by name at run time, as on x64 (see x64.py): a first pass over the callers
-of MmGetSystemRoutineAddress (stdcall; UNICODE_STRING.Buffer at +4) learns which globals hold
-a pool API; calls through them are calls to it. KMDF function tables are followed on x64 only.
+Pointers filled at run time, as on x64 (see x64.py): a first pass over the callers of
+MmGetSystemRoutineAddress (stdcall; UNICODE_STRING.Buffer at +4) learns which globals hold a
+pool API, and over the callers of WdfVersionBind where the WdfFunctions variable is
+(WDF_BIND_INFO.FuncTable at +0x18); a call through a global holding a pool API is a call to
+it, one through slot k of the WDF table (`[table + 4k]`) is the target ("wdf", k), its
+arguments the stack slots with WdfDriverGlobals first. What a WDF function pops is not known
+here: esp is re-based after such a call.
 """
 
 from __future__ import annotations
@@ -57,9 +61,13 @@ from collections.abc import Callable
 import numpy as np
 
 from ..apis import (
+    RESOLVER_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
+    WDF_APIS_BY_INDEX,
+    WDF_BIND_IMPORT,
+    WDF_BIND_INFO_FUNC_TABLE,
 )
 from .dataflow import Insn, State, Value, run
 from .finder import CallEvent
@@ -74,7 +82,9 @@ from .frames import (
 )
 from .intel import (
     MODE32,
+    OTHER,
     ROUTINE,
+    WDF_TABLE,
     IntelBackend,
     IntelSemantics,
     code_bounds,
@@ -197,6 +207,7 @@ class X86Semantics(IntelSemantics):
         # imports MmGetSystemRoutineAddress.
         self.models_lookup = ROUTINE_LOOKUP_IMPORT in set(image.imports.values())
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
+        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
 
     @staticmethod
     def entry_state() -> State:
@@ -290,14 +301,43 @@ class X86Semantics(IntelSemantics):
         found = routine_name(self.image, (buffer - self.base) & MASK32)
         return (ROUTINE, found) if found in RUNTIME_LOOKUP_APIS else None
 
+    def note_wdf_bind(self, bind_info: Value | None) -> None:
+        """WdfVersionBind's BindInfo argument (a VA): remember the WdfFunctions variable that
+        its FuncTable field points at."""
+        if not isinstance(bind_info, int):
+            return
+        field = ((bind_info - self.base) & MASK32) + WDF_BIND_INFO_FUNC_TABLE[32]
+        raw = self.image.read(field, 4)
+        table = (int.from_bytes(raw, "little") - self.base) & MASK32 if len(raw) == 4 else 0
+        if table and self.image.section_at(table) is not None:
+            self.wdf_tables.add(table)
+
     def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
-        if self.runtime_slots:
+        if self.runtime_slots or self.wdf_tables:
             parsed = parse_memory(text, 32)
-            if parsed is not None and parsed[0] == 4 and parsed[1] is None:
-                name = self.runtime_slots.get((parsed[2] - self.base) & MASK32)
-                if name is not None:
-                    return ("imp", name)
+            if parsed is not None and parsed[0] == 4:
+                _, base, disp = parsed
+                if base is None:
+                    rva = (disp - self.base) & MASK32
+                    if rva in self.runtime_slots:
+                        return ("imp", self.runtime_slots[rva])
+                    if rva in self.wdf_tables:
+                        return WDF_TABLE
+                elif base != OTHER and state.regs.get(base) == WDF_TABLE:
+                    # [table + 4k]: the function in slot k
+                    return ("wdf", disp // 4) if disp >= 0 and disp % 4 == 0 else None
         return super().read(state, insn, text, establish)
+
+    def _field(self, state: State, pointer: Value | None, offset: int) -> Value | None:
+        """The ULONG at pointer + offset: a structure on our stack, or in read-only data."""
+        if isinstance(pointer, tuple) and pointer[0] == "sp":
+            return read_stack(state, LAYOUT, pointer[1] + offset, 4)
+        if isinstance(pointer, int):
+            rva = ((pointer - self.base) & MASK32) + offset
+            if self.image.is_readonly_data(rva):
+                raw = self.image.read(rva, 4)
+                return int.from_bytes(raw, "little") if len(raw) == 4 else None
+        return None
 
     def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
         if isinstance(value, tuple) and value[0] == ROUTINE:
@@ -354,6 +394,12 @@ class X86Semantics(IntelSemantics):
             base = sp + (4 if tail else 0)
             slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
         name = self.api_name(target)
+        if isinstance(target, tuple) and target[0] == "wdf":
+            api = WDF_APIS_BY_INDEX.get(target[1])
+            if api is not None and api.tag_field is not None:
+                # The finder sees the tag where the structure pointer was.
+                slots[api.tag_arg] = self._field(state, slots[api.tag_arg], api.tag_field[1])
+            return slots
         if name is None:
             return slots + [state.regs.get(reg) for reg in REG_ARGS]
         wide = WIDE_ARGS.get(name, ())
@@ -425,9 +471,9 @@ class X86Backend(IntelBackend):
         self._e8_dst = np.zeros(0, dtype=np.int64)  # targets of rel32 calls, sorted
         self._pops: dict[int, int | None] = {}
         self._odd_frames: set[int] = set()  # local callees that move esp oddly
-        # MmGetSystemRoutineAddress's IAT slot(s) and references to them (KMDF tables: x64 only)
+        # IAT slots of the imports that fill pointers at run time, and references to them.
         self.resolver_slots = {slot for slot, name in image.imports.items()
-                               if name == ROUTINE_LOOKUP_IMPORT}
+                               if name in RESOLVER_IMPORTS}
         self._resolver_hits: list[int] = []
         self._scan_code()
         self._classify_jumps()
@@ -468,16 +514,19 @@ class X86Backend(IntelBackend):
             self._resolver_hits.append(rva)
 
     def _resolve_pointers(self) -> None:
-        """First pass over the functions that call MmGetSystemRoutineAddress (directly or
-        through its thunk): the semantics learn which globals hold pool APIs; the functions
-        that reference those globals become candidates (as on x64; KMDF tables are x64 only)."""
+        """First pass over the functions that call MmGetSystemRoutineAddress or WdfVersionBind
+        (directly or through a thunk): the semantics learn which globals hold pool APIs and
+        where WdfFunctions is; the functions that reference those globals become candidates."""
+        sem = self.semantics
         sites = [rva for rva in self._resolver_hits if rva - 2 not in self._thunks]
         for thunk, name in self._thunks.items():
-            if name == ROUTINE_LOOKUP_IMPORT:
+            if name in RESOLVER_IMPORTS:
                 sites.extend(self.callers_of(thunk))
         for function in dict.fromkeys(f for f in map(self.function_of, sites) if f is not None):
-            self.analyse(function)
-        globals_ = self.semantics.runtime_slots
+            for event in self.analyse(function):
+                if sem.api_name(event.target) == WDF_BIND_IMPORT and len(event.args) > 2:
+                    sem.note_wdf_bind(event.args[2])
+        globals_ = set(sem.runtime_slots) | sem.wdf_tables
         if not globals_:
             return
         wanted = np.array(sorted(rva + self.base for rva in globals_), dtype=np.int64)
