@@ -279,8 +279,8 @@ def final_check(m: KillMaterial) -> list[str]:
     return problems
 
 
-def kill_loop(m: KillMaterial, kills: int, rng: random.Random,
-              seconds: float | None = None) -> KillReport:  # fmt: skip
+def kill_loop(m: KillMaterial, kills: int, rng: random.Random, seconds: float | None = None,
+              progress: bool = False) -> KillReport:  # fmt: skip
     """`kills` kills (cycling through the modes), or fewer when `seconds` run out."""
     report = KillReport()
     deadline = None if seconds is None else time.monotonic() + seconds
@@ -288,6 +288,8 @@ def kill_loop(m: KillMaterial, kills: int, rng: random.Random,
         if deadline is not None and time.monotonic() > deadline:
             break
         kill_once(m, rng, MODES[i % len(MODES)], report)
+        if progress and report.kills % 50 == 0:
+            print(f"  {report.kills} kills, {len(report.failures)} failures", flush=True)
     report.failures += final_check(m)
     return report
 
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kill loop: {len(m.old_sha)} old files, {len(m.new_files)} new; "
                   f"writing (uninterrupted): {windows}", flush=True)  # fmt: skip
             started = time.monotonic()
-            kills = kill_loop(m, args.kills, rng)
+            kills = kill_loop(m, args.kills, rng, progress=True)
             print(f"kills done: {kills.kills} ({dict(kills.by_mode)}) in "
                   f"{time.monotonic() - started:.0f} s")  # fmt: skip
             n_old = sum(m.new_sha.get(p) != sha for p, sha in m.old_sha.items())
