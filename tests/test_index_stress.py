@@ -1,7 +1,8 @@
 """The index under stress, through real processes and the CLI: queries while a rebuild runs,
 kill -9 at random points of a build (many times), a read-only cache directory for a real
 unprivileged user, and a full disk (a tiny tmpfs, or SQLite's page limit where mounting is
-not allowed). The loops live in tools/index_stress.py, which runs them longer.
+not allowed); and a rebuild that must not put back content a query's refresh replaced while
+it ran. The loops live in tools/index_stress.py, which runs them longer.
 
 TAGFIND_TEST_SEED fixes the random kill points and swap moments.
 """
