@@ -124,6 +124,10 @@ def _run_query(tags: Sequence[str], opts: dict[str, Any]) -> int:
         raise Fatal("give tags, --driver or --top, not several")
     if not any(modes) and not opts["rebuild_index"]:
         raise Fatal("give a TAG, --driver NAME, --top N or --rebuild-index (see --help)")
+    if opts["top"] is None and (opts["pool_file"] or opts["diff"] or opts["pool_type"]):
+        raise Fatal("--pool-file, --diff and --type go with --top N")
+    if opts["pool_file"] and opts["diff"]:
+        raise Fatal("give --pool-file or --diff, not both")
     exact, globs = _parse_tags(tags)
     counters = _load_counters(opts) if opts["top"] is not None else None
 

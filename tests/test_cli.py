@@ -119,6 +119,8 @@ def test_nothing_found_exits_1(drivers, tmp_path):
         [],
         ["--driver", "nosuchdriver.sys"],
         ["Test", "--pooltag", "/nonexistent/pooltag.txt"],
+        ["Test", "--pool-file", "x.log"],
+        ["--top", "3", "--pool-file", "a", "--diff", "a", "b"],
     ],
 )
 def test_bad_usage_is_one_line_exit_2(drivers, tmp_path, args):
