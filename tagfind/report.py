@@ -85,7 +85,7 @@ def _paging_summary(sites: Iterable[Any]) -> str:
     return "+".join(sorted(kinds, key=lambda k: k != "paged"))
 
 
-def _pooltag_facts(db: PoolTagDb | None, tag: str) -> tuple[str | None, str | None, set[str]]:
+def pooltag_facts(db: PoolTagDb | None, tag: str) -> tuple[str | None, str | None, set[str]]:
     """(owner text, description, owner file names) from pooltag.txt for one tag."""
     if db is None:
         return None, None, set()
@@ -141,7 +141,7 @@ def _annotate(rows: list[TagDriverRow], db: PoolTagDb | None) -> None:
     for row in rows:
         by_tag[row.tag].append(row)
     for tag, group in by_tag.items():
-        owner, description, files = _pooltag_facts(db, tag)
+        owner, description, files = pooltag_facts(db, tag)
         code_drivers = {r.driver.lower() for r in group if r.evidence != "bytes"}
         for row in group:
             row.pooltag_owner, row.pooltag_description = owner, description

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .apis import EVIDENCE_RANK, POOL_APIS, pool_paging
-from .report import driver_name
+from .report import driver_name, pooltag_facts
 from .tags import str_to_tag
 
 # Points per evidence kind: a direct call with the tag is the best proof of ownership.
@@ -136,10 +136,7 @@ def attach_drivers(rows: Sequence[TopRow], sites: Iterable[Any], db: Any) -> Non
     for row in rows:
         value = tag_value(row.tag)
         row.drivers = rank_drivers(row.pool, row.per_alloc, by_tag.get(value, ()))
-        if db is not None:
-            entries = db.lookup(row.tag)
-            owners = list(dict.fromkeys(e.binary_field or "<unknown>" for e in entries))
-            row.pooltag_owner = ", ".join(owners) or None
+        row.pooltag_owner = pooltag_facts(db, row.tag)[0]
 
 
 def tag_value(tag: str) -> int | None:
