@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -124,11 +125,27 @@ class Database:
 
     def _open(self) -> None:
         try:
-            self._connect_and_check()
+            self._connect_retrying_locks()
         except sqlite3.DatabaseError as exc:
             if not _is_damage(exc):
                 raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
             self._rebuild_after(exc)
+
+    def _connect_retrying_locks(self) -> None:
+        """Connect, retrying while another process holds a lock SQLite will not wait for:
+        switching a new file to WAL needs it exclusively and fails at once (no busy handler)
+        when two processes create the index together."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        delay = 0.02
+        while True:
+            try:
+                return self._connect_and_check()
+            except sqlite3.OperationalError as exc:
+                locked = "locked" in str(exc) or "busy" in str(exc)
+                if not locked or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def _connect_and_check(self) -> None:
         try:
