@@ -36,68 +36,28 @@ import sys
 import zipfile
 from pathlib import Path
 
+import archsuite
 import pytest
 from conftest import skip_or_fail
 from fixtures import build as fixture_build
-from fixtures.archcheck import (
-    Transfers,
-    declared_transfers,
-    decoy_report,
-    mismatch_report,
-    site_problems,
-)
-from fixtures.expect import format_key, parse_source, site_key
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from fixtures.archcheck import Transfers, site_problems
+from fixtures.expect import format_key, site_key
 
 from tagfind.apis import APIS_BY_IMPORT
 from tagfind.pe import PEImage
-from tagfind.scan import ScanResult, scan_file
+from tagfind.scan import scan_file
 from tagfind.scan.x86 import X86Backend, import_pops
 
 ARCH = "x86"
 SPEC = fixture_build.ARCHES[ARCH]
-ALL_BUILDS = [(name, variant) for name in SPEC.fixtures for variant in SPEC.variants]
-BUILD_IDS = [f"{name}-{variant}" for name, variant in ALL_BUILDS]
 
-
-@pytest.fixture(scope="module")
-def built(test_cache):
-    """Factory: built(name, variant) -> (path, scan result), compiled and scanned once."""
-    cache: dict[tuple[str, str], tuple[Path, ScanResult]] = {}
-
-    def get(name: str, variant: str) -> tuple[Path, ScanResult]:
-        if not fixture_build.zig_available():
-            skip_or_fail("the ziglang package is not installed (pip install ziglang==0.17.1)")
-        if (name, variant) not in cache:
-            try:
-                path = fixture_build.build_driver(name, variant, test_cache, arch=ARCH)
-            except fixture_build.BuildError as exc:
-                pytest.fail(f"building {ARCH} fixture {name} ({variant}) failed:\n{exc}")
-            cache[name, variant] = (path, scan_file(str(path)))
-        return cache[name, variant]
-
-    return get
+built = archsuite.built_fixture(ARCH)
 
 
 # -- the fixtures themselves -------------------------------------------------------------------
 
-
-@pytest.mark.parametrize("name", SPEC.fixtures)
-def test_fixture_statements_parse(name):
-    assert parse_source(fixture_build.source_path(name, ARCH)).expected
-
-
-@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
-def test_fixture_calls_match_statements(built, name, variant):
-    """Scanner-independent: each pool import is reached by as many calls/jmps as the source
-    declares direct sites and NOSITE calls (a compiler that duplicates or merges calls shows
-    up here as a fixture problem)."""
-    path, _ = built(name, variant)
-    declared = declared_transfers(parse_source(fixture_build.source_path(name, ARCH)))
-    counts = Transfers(str(path)).counts()
-    found = {api: counts[api] for api in declared}
-    assert found == dict(declared)
+test_fixture_statements_parse = archsuite.fixture_statements_parse(ARCH)
+test_fixture_calls_match_statements = archsuite.fixture_calls_match_statements(ARCH)
 
 
 def test_def_file_decorations_match_the_stack_table():
@@ -119,34 +79,10 @@ def test_every_pool_import_has_a_stack_effect():
 
 # -- the scanner against the truth -------------------------------------------------------------
 
-
-@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
-def test_scan_result_header(built, name, variant):
-    path, result = built(name, variant)
-    assert result.error is None, result.error
-    assert result.arch == ARCH
-    assert result.path == str(path)
-
-
-@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
-def test_sites_match_source(built, name, variant):
-    _, result = built(name, variant)
-    report = mismatch_report(parse_source(fixture_build.source_path(name, ARCH)), result.sites)
-    assert report is None, f"{name} ({variant}): {report}"
-
-
-@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
-def test_no_decoy_tag_reported(built, name, variant):
-    _, result = built(name, variant)
-    bad = decoy_report(parse_source(fixture_build.source_path(name, ARCH)), result.sites)
-    assert not bad, "\n".join(bad)
-
-
-@pytest.mark.parametrize(("name", "variant"), ALL_BUILDS, ids=BUILD_IDS)
-def test_site_addresses_hold_the_call(built, name, variant):
-    path, result = built(name, variant)
-    problems = site_problems(Transfers(str(path)), result.sites)
-    assert not problems, "\n".join(problems)
+test_scan_result_header = archsuite.scan_result_header(ARCH)
+test_sites_match_source = archsuite.sites_match_source(ARCH)
+test_no_decoy_tag_reported = archsuite.no_decoy_tag_reported(ARCH)
+test_site_addresses_hold_the_call = archsuite.site_addresses_hold_the_call(ARCH)
 
 
 @pytest.mark.parametrize("variant", SPEC.variants)
@@ -269,28 +205,7 @@ def test_windivert32_sites_hold_the_call(windivert32):
 
 # -- damaged input -------------------------------------------------------------------------------
 
-
-@settings(
-    max_examples=int(os.environ.get("TAGFIND_FUZZ_EXAMPLES", "40")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(data=st.data())
-def test_random_damage_never_raises(tmp_path, built, data):
-    """Byte overwrites (often in the code) and truncations: scan_file returns a result."""
-    path, _ = built("main", "O2")
-    buf = bytearray(path.read_bytes())
-    for _ in range(data.draw(st.integers(1, 8), label="edits")):
-        pos = data.draw(st.integers(0, len(buf) - 1), label="pos")
-        chunk = data.draw(st.binary(min_size=1, max_size=8), label="bytes")
-        buf[pos : pos + len(chunk)] = chunk
-    cut = data.draw(st.integers(len(buf) // 2, len(buf)), label="cut")
-    damaged = tmp_path / "fuzz.sys"
-    damaged.write_bytes(bytes(buf[:cut]))
-    result = scan_file(str(damaged))
-    assert isinstance(result, ScanResult)
-    # A damaged file may be refused (PEError), but the scanner itself must not fail on it.
-    assert not (result.error or "").startswith("scanner failure"), result.error
+test_random_damage_never_raises = archsuite.random_damage_never_raises(ARCH)
 
 
 # -- semantics on hand-written instruction sequences ---------------------------------------------
