@@ -40,7 +40,6 @@ from tagfind.scan import scan_file  # noqa: E402
 
 CACHE = Path(os.environ.get("TAGFIND_BENCH_CACHE", Path.home() / ".cache" / "tagfind-bench"))
 ARCHES = ("x64", "x86", "arm64")
-HEADERS = {"x64": "ntmini.h", "x86": "ntarch.h", "arm64": "ntarch.h"}
 NEEDLE = b"WDiv"
 
 # One generated function per template; {i} numbers it, {t} is a 4-char tag literal.
