@@ -53,3 +53,14 @@ def fixture_driver(test_cache):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def wine() -> Path:
+    """Debian's libwine x86_64-windows folder (real PE files), fetched on first use."""
+    from pe_factory import MaterialMissing, wine_dir
+
+    try:
+        return wine_dir()
+    except MaterialMissing as exc:
+        skip_or_fail(f"libwine test material: {exc}")

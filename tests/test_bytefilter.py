@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import skip_or_fail
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,13 +14,8 @@ from tagfind.tags import str_to_tag, tag_bytes
 
 
 @pytest.fixture(scope="module")
-def libwine_files():
-    from pe_factory import MaterialMissing, wine_dir
-
-    try:
-        return sorted(p for p in wine_dir().iterdir() if p.is_file())
-    except MaterialMissing as exc:
-        skip_or_fail(f"libwine test material: {exc}")
+def libwine_files(wine):
+    return sorted(p for p in wine.iterdir() if p.is_file())
 
 
 @given(st.binary(min_size=0, max_size=4096), st.data())

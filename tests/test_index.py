@@ -19,16 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
 from hypothesis import given
 from hypothesis import strategies as st
 from pe_factory import (
     KERNEL_FILES,
-    MaterialMissing,
     copy_files,
     is_root,
     smallest_pe_files,
-    wine_dir,
 )
 
 import tagfind.index as index_mod
@@ -44,14 +41,6 @@ from tagfind.scan import scan_file
 from tagfind.tags import NONE_TAG, pattern_matches, tag_to_str
 
 USER_MODE = ("version.dll", "notepad.exe", "winhttp.dll")
-
-
-@pytest.fixture(scope="module")
-def wine() -> Path:
-    try:
-        return wine_dir()
-    except MaterialMissing as exc:
-        skip_or_fail(f"libwine test material: {exc}")
 
 
 @pytest.fixture

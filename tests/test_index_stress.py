@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
-from pe_factory import KERNEL_FILES, MaterialMissing, copy_files, smallest_pe_files, wine_dir
+from pe_factory import KERNEL_FILES, copy_files, smallest_pe_files
 
 import tagfind.index.workers as workers
 from tagfind.index import Index
@@ -33,14 +32,6 @@ import index_stress  # noqa: E402
 KILLS = 20
 KILL_SECONDS = 40  # the kill loop stops early rather than run longer than this
 NOBODY = 65534
-
-
-@pytest.fixture(scope="module")
-def wine() -> Path:
-    try:
-        return wine_dir()
-    except MaterialMissing as exc:
-        skip_or_fail(f"libwine test material: {exc}")
 
 
 def rng() -> random.Random:

@@ -9,27 +9,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
 from pe_factory import (
     CONSOLE_DLL_SOURCE,
     GUI_EXE_SOURCE,
     NATIVE_DLL_SOURCE,
-    MaterialMissing,
     is_root,
     pe_header,
-    wine_dir,
 )
 
 from tagfind import sources
 from tagfind.sources import SourcesError, discover, image_path_to_file, pe_subsystem
-
-
-@pytest.fixture(scope="module")
-def wine() -> Path:
-    try:
-        return wine_dir()
-    except MaterialMissing as exc:
-        skip_or_fail(f"libwine test material: {exc}")
 
 
 def put(wine: Path, source: str, target: Path) -> Path:
