@@ -17,6 +17,19 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TagTable:
+    """Tags in an array of registration entries that a pointer field of the argument
+    structure points at (each value a pair: 64-bit layout, 32-bit layout). The array ends at
+    the entry whose USHORT at offset 0 is `end_type`."""
+
+    pointer_offset: tuple[int, int]
+    entry_size: tuple[int, int]
+    tag_offset: tuple[int, int]
+    end_type: int
+    max_entries: int = 16
+
+
+@dataclass(frozen=True)
 class PoolApi:
     name: str
     kind: str  # alloc | free | lookaside | other | untagged
@@ -35,6 +48,13 @@ class PoolApi:
     # backend reads it; an unknown or 0 field is no site (the API does not allocate with a tag
     # the driver chose).
     tag_field: tuple[int, int] | None = None
+    # The tags are in a registration table the structure at `tag_arg` points to (one site per
+    # non-zero tag): FltRegisterFilter's FLT_REGISTRATION.ContextRegistration.
+    tag_table: TagTable | None = None
+
+    @property
+    def tag_in_structure(self) -> bool:
+        return self.tag_field is not None or self.tag_table is not None
 
     @property
     def import_name(self) -> str | None:
@@ -66,6 +86,22 @@ _ROWS: tuple[PoolApi, ...] = (
     PoolApi("ExInitializePagedLookasideList", "lookaside", 5, None, 4),
     PoolApi("ExInitializeLookasideListEx", "lookaside", 6, 3, 5),
     PoolApi("IoInitializeRemoveLockEx", "other", 1),
+    # NDIS pools allocate their NET_BUFFER_LISTs / NET_BUFFERs with the PoolTag of the
+    # parameters: NET_BUFFER_LIST_POOL_PARAMETERS {NDIS_OBJECT_HEADER Header (4 bytes); UCHAR
+    # ProtocolId; BOOLEAN fAllocateNetBuffer; USHORT ContextSize; ULONG PoolTag (+8); ULONG
+    # DataSize; ...} and NET_BUFFER_POOL_PARAMETERS {Header; ULONG PoolTag (+4); ULONG
+    # DataSize} (ndis/nblapi.h: no pointers before the tag, so one layout for 32 and 64 bits).
+    PoolApi("NdisAllocateNetBufferListPool", "other", 1, tag_field=(8, 8)),
+    PoolApi("NdisAllocateNetBufferPool", "other", 1, tag_field=(4, 4)),
+    # FltRegisterFilter(Driver, Registration, RetFilter): the filter manager allocates each
+    # context type's contexts (FltAllocateContext) with the PoolTag of its entry in
+    # FLT_REGISTRATION.ContextRegistration (USHORT Size; USHORT Version; ULONG Flags; then the
+    # pointer at +8 on both widths). FLT_CONTEXT_REGISTRATION (fltkernel.h): USHORT
+    # ContextType; USHORT Flags; PFN ContextCleanupCallback; SIZE_T Size; ULONG PoolTag;
+    # PFN Allocate; PFN Free; PVOID Reserved1: PoolTag at +24 of 56 bytes on 64-bit, +12 of
+    # 28 on 32-bit; the array ends with {FLT_CONTEXT_END} (ContextType 0xFFFF).
+    PoolApi("FltRegisterFilter", "other", 1,
+            tag_table=TagTable((8, 8), (56, 28), (24, 12), 0xFFFF)),
     PoolApi("ExAllocatePool", "untagged", None, 0, 1),
     PoolApi("ExAllocatePoolWithQuota", "untagged", None, 0, 1),
     # KMDF (indexes count the hidden WdfDriverGlobals): WdfMemoryCreate(Globals, Attributes,
@@ -117,6 +153,21 @@ RESOLVER_IMPORTS = frozenset({ROUTINE_LOOKUP_IMPORT, WDF_BIND_IMPORT})
 WDF_BIND_INFO_FUNC_TABLE = {64: 0x20, 32: 0x18}
 
 
+def structured_api(target: object) -> PoolApi | None:
+    """The API a call target ("imp", name) / ("wdf", slot) stands for when its tag is in a
+    structure the backend must read at the call."""
+    if not isinstance(target, tuple) or len(target) != 2:
+        return None
+    if target[0] == "wdf":
+        row = WDF_APIS_BY_INDEX.get(target[1])
+        return row if row is not None and row.tag_in_structure else None
+    if target[0] == "imp":
+        for row in APIS_BY_IMPORT.get(target[1], ()):
+            if row.tag_in_structure:
+                return row
+    return None
+
+
 def api_for_call(import_name: str, args: Sequence[object]) -> PoolApi | None:
     """The pool API a call to import_name with these argument values amounts to, if any."""
     for row in APIS_BY_IMPORT.get(import_name, ()):
@@ -126,6 +177,17 @@ def api_for_call(import_name: str, args: Sequence[object]) -> PoolApi | None:
         if index < len(args) and args[index] == code:
             return row
     return None
+
+def runtime_text(item: str) -> str:
+    """A run-time source in words, for -v and notes."""
+    kind, _, rest = item.partition(":")
+    if kind == "global":
+        return f"the value at RVA {rest}"
+    if kind == "field":
+        arg, _, offset = rest.partition(":")
+        return f"field +{offset} of argument {arg}'s structure"
+    return "a value computed at run time"
+
 
 EVIDENCE_OF_KIND = {
     "alloc": "call",
@@ -157,9 +219,17 @@ POOL_TYPE_NAMES = {
     544: "NonPagedPoolSessionNx",
 }
 
-# Modifiers callers may OR into a POOL_TYPE (ExAllocatePoolWithQuotaTag).
+# Modifier bits callers may OR into a POOL_TYPE (wdm.h); NonPagedPoolNx (POOL_NX_ALLOCATION,
+# 512) is named as a base type above.
 POOL_QUOTA_FAIL_INSTEAD_OF_RAISE = 8
 POOL_RAISE_IF_ALLOCATION_FAILURE = 16
+POOL_TYPE_MODIFIERS = {
+    8: "POOL_QUOTA_FAIL_INSTEAD_OF_RAISE",
+    16: "POOL_RAISE_IF_ALLOCATION_FAILURE",
+    256: "POOL_COLD_ALLOCATION",
+    1024: "POOL_ZERO_ALLOCATION",
+}
+_MODIFIER_MASK = sum(POOL_TYPE_MODIFIERS)
 
 # POOL_FLAGS bits (wdm.h) that say which pool ExAllocatePool2/3 draw from.
 POOL_FLAG_NON_PAGED = 0x40
@@ -187,7 +257,7 @@ def pool_paging(value: int | None, is_flags: bool) -> str | None:
         if value & (POOL_FLAG_NON_PAGED | POOL_FLAG_NON_PAGED_EXECUTE):
             return "nonpaged"
         return None
-    base = value & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
+    base = value & ~_MODIFIER_MASK
     if base not in POOL_TYPE_NAMES:
         return None
     # Every paged POOL_TYPE (PagedPool, ...CacheAligned, ...Session) has bit 0 set.
@@ -204,5 +274,8 @@ def pool_name(value: int | None, is_flags: bool) -> str | None:
         if rest:
             names.append(hex(rest))
         return "POOL_FLAG_" + "|POOL_FLAG_".join(names) if names else "0"
-    base = value & ~(POOL_QUOTA_FAIL_INSTEAD_OF_RAISE | POOL_RAISE_IF_ALLOCATION_FAILURE)
-    return POOL_TYPE_NAMES.get(base, hex(value))
+    base = value & ~_MODIFIER_MASK
+    if base not in POOL_TYPE_NAMES:
+        return hex(value)
+    modifiers = [name for bit, name in POOL_TYPE_MODIFIERS.items() if value & bit]
+    return "|".join([POOL_TYPE_NAMES[base], *modifiers])

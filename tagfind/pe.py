@@ -47,6 +47,9 @@ class Section:
     size: int  # bytes present in the file, clipped to the virtual size
     characteristics: int
     data: bytes = field(repr=False)
+    # Bytes the section spans in memory: past `size` the loader zero-fills (uninitialised
+    # data, such as the tail of .data where MSVC puts WdfFunctions).
+    vsize: int = 0
 
     @property
     def executable(self) -> bool:
@@ -92,6 +95,8 @@ class PEImage:
         self.exports: dict[int, str] = {}  # RVA -> exported name (first name wins)
         self.guard_dispatch_slots: set[int] = set()  # RVAs of __guard_dispatch_icall_fptr etc.
         self._unwind: tuple[np.ndarray, np.ndarray] | None = None  # x64 begins, UNWIND_INFO
+        self._chains: dict[int, list[tuple[int, int]]] | None = None  # primary -> its parts
+        self._chain_root_of: dict[int, int] = {}  # fragment begin -> primary begin
         self._parse_directories(pe)
         self.functions = self._function_table(pe)  # (n, 2) uint32 array of [begin, end)
         pe.close()
@@ -157,18 +162,26 @@ class PEImage:
 
     # --- access ------------------------------------------------------------------------------
     def section_at(self, rva: int) -> Section | None:
+        """The section holding rva: its bytes in the file, else its zero-filled tail."""
         for section in self.sections:
             if section.contains(rva):
+                return section
+        for section in self.sections:
+            if section.rva <= rva < section.rva + section.vsize:
                 return section
         return None
 
     def read(self, rva: int, size: int) -> bytes:
-        """Bytes at an RVA (short or empty where the file has none)."""
+        """Bytes at an RVA as the loaded image holds them: a section's zero-filled tail reads
+        as zeros; short or empty past the end of every section."""
         section = self.section_at(rva)
         if section is None:
             return b""
         start = rva - section.rva
-        return section.data[start : start + size]
+        raw = section.data[start : start + size]
+        if len(raw) < size and section.vsize > section.size:
+            raw += bytes(min(size - len(raw), section.rva + section.vsize - rva - len(raw)))
+        return raw
 
     def read_u32(self, rva: int) -> int | None:
         raw = self.read(rva, 4)
@@ -181,6 +194,11 @@ class PEImage:
     def is_readonly_data(self, rva: int) -> bool:
         section = self.section_at(rva)
         return section is not None and not section.writable
+
+    def is_writable_data(self, rva: int) -> bool:
+        """rva lies in a writable, non-executable section (initialised or not): a global."""
+        section = self.section_at(rva)
+        return section is not None and section.writable and not section.executable
 
     @property
     def code_sections(self) -> list[Section]:
@@ -219,6 +237,60 @@ class PEImage:
             return True
         header = self.read(unwind, 1)
         return bool(header) and bool((header[0] >> 3) & 0x4)
+
+    def chain_parent(self, begin: int) -> int | None:
+        """x64: the begin of the RUNTIME_FUNCTION a chained .pdata entry at begin continues
+        (UNW_FLAG_CHAININFO: the parent entry follows the unwind codes), None if it is not
+        chained or the parent cannot be read."""
+        if self._unwind is None:
+            return None
+        begins, infos = self._unwind
+        i = int(np.searchsorted(begins, begin))
+        if i >= len(begins) or begins[i] != begin:
+            return None
+        unwind = int(infos[i])
+        if unwind & 1:  # an RVA with bit 0 set points at the parent RUNTIME_FUNCTION itself
+            return self.read_u32(unwind & ~1)
+        header = self.read(unwind, 4)
+        if len(header) < 4 or not (header[0] >> 3) & 0x4:
+            return None
+        codes = (header[2] + 1) & ~1  # UNWIND_CODE slots are padded to an even count
+        return self.read_u32(unwind + 4 + 2 * codes)
+
+    def function_parts(self, begin: int) -> tuple[int, list[tuple[int, int]]]:
+        """x64: the function a .pdata entry belongs to and all its parts: (primary begin,
+        [(begin, end), ...] sorted), following chained entries (MSVC moves cold or split code
+        into fragments whose unwind info chains to the primary entry). The list is empty for a
+        function without fragments."""
+        if self._chains is None:
+            self._chains = self._chain_roots()
+        root = self._chain_root_of.get(begin, begin)
+        return root, self._chains.get(root, [])
+
+    def _chain_roots(self) -> dict[int, list[tuple[int, int]]]:
+        chains: dict[int, list[tuple[int, int]]] = {}
+        self._chain_root_of = {}
+        if self._unwind is None:
+            return chains
+        ends = {int(b): int(e) for b, e in self.functions}
+        for begin in map(int, self._unwind[0]):
+            parent = self.chain_parent(begin)
+            if parent is None or begin not in ends:
+                continue
+            root, seen = begin, {begin}
+            for _ in range(8):  # chains are short; a loop in damaged data must end
+                parent = self.chain_parent(root)
+                if parent is None or parent in seen:
+                    break
+                seen.add(parent)
+                root = parent
+            if root == begin or root not in ends:
+                continue
+            self._chain_root_of[begin] = root
+            chains.setdefault(root, [(root, ends[root])]).append((begin, ends[begin]))
+        for parts in chains.values():
+            parts.sort()
+        return chains
 
     def is_kernel_mode(self) -> bool:
         """Native-subsystem images are drivers or kernel components."""
@@ -279,9 +351,11 @@ def _sections(pe: pefile.PE, data: bytes) -> list[Section]:
         if size <= 0:
             size = 0
         name = sec.Name.rstrip(b"\0").decode("latin-1")
+        span = max(size, min(sec.Misc_VirtualSize,
+                             max(0, pe.OPTIONAL_HEADER.SizeOfImage - sec.VirtualAddress)))
         out.append(
             Section(name, sec.VirtualAddress, size, sec.Characteristics,
-                    data[raw_off : raw_off + size])
+                    data[raw_off : raw_off + size], span)
         )
     return out
 

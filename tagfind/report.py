@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .apis import EVIDENCE_RANK, POOL_APIS, pool_name, pool_paging
+from .apis import EVIDENCE_RANK, POOL_APIS, pool_name, pool_paging, runtime_text
 from .bytematch import ByteMatch
 from .pooltag import PoolTagDb, binary_file_names
 from .tags import tag_to_str
@@ -40,6 +40,7 @@ class SiteView:
     protected: bool
     via: list[int]
     function: int | None
+    runtime: list[str] = field(default_factory=list)  # run-time values that may replace the tag
 
 
 @dataclass
@@ -68,7 +69,8 @@ def _site_view(site: Any) -> SiteView:
     api = POOL_APIS.get(site.api)
     is_flags = api.pool_is_flags if api else False
     return SiteView(site.rva, site.api, site.evidence, pool_name(site.pool, is_flags), site.size,
-                    bool(site.protected), list(site.via), site.function)
+                    bool(site.protected), list(site.via), site.function,
+                    list(getattr(site, "runtime", ())))
 
 
 def _paging_summary(sites: Iterable[Any]) -> str:
@@ -119,6 +121,11 @@ def tag_rows(
                 sites=[_site_view(s) for s in group], pool=_paging_summary(group),
             )
         )
+        replaced = [s for s in group if getattr(s, "runtime", ())]
+        if replaced:
+            rows[-1].notes.append(
+                f"{len(replaced)} of {len(group)} sites may use a tag chosen at run time "
+                "instead (-v names the value)")
     with_code = {(r.tag_value, r.path) for r in rows}
     for match in byte_matches:
         if (match.tag, match.path) in with_code:
@@ -204,6 +211,9 @@ def _site_line(site: SiteView, arch: str | None) -> str:
         parts.append("PROTECTED")
     if arch:
         parts.append(arch)
+    if site.runtime:
+        parts.append("may be replaced at run time by "
+                     + " or ".join(runtime_text(r) for r in site.runtime))
     return "  ".join(parts)
 
 

@@ -40,6 +40,9 @@ class _Image:
     def is_readonly_data(rva: int) -> bool:
         return 0x3000 <= rva < 0x4000
 
+    def is_writable_data(self, rva: int) -> bool:
+        return 0x4000 <= rva < len(self.mem)
+
     def section_at(self, rva: int):
         return self if 0 <= rva < len(self.mem) else None
 

@@ -124,6 +124,9 @@ ALLOC, FREE = "ExAllocatePoolWithTag", "ExFreePoolWithTag"
 # rva -> (api, evidence, pool, size, function start); read from the disassembly (docstring).
 WINDIVERT32_SITES = {
     0x12BE: (FREE, "free", None, None, 0x1288),
+    # NET_BUFFER_LIST_POOL_PARAMETERS at [ebp-0x6c], PoolTag (+8) set by
+    # `mov dword ptr [ebp-0x64], 0x76694457` right before `call [NdisAllocateNetBufferListPool]`.
+    0x39C1: ("NdisAllocateNetBufferListPool", "tagged-api", None, None, 0x35BA),
     0x14A5: (FREE, "free", None, None, 0x1498),
     0x1D84: (ALLOC, "call", 0, 0xC00, 0x1D4E),
     0x1F51: (ALLOC, "call", 0, None, 0x1D4E),
@@ -186,7 +189,7 @@ def test_windivert32_sites_are_exactly_the_verified_ones(windivert32):
     assert len(reported) == len(result.sites), "a site reported twice"
     problems = []
     for rva, (api, evidence, pool, size, function) in sorted(WINDIVERT32_SITES.items()):
-        want = (api, WDIV, evidence, False, pool, size, 0)
+        want = (api, WDIV, evidence, False, pool, size, 0, ())
         site = reported.get(rva)
         if site is None:
             problems.append(f"missing {rva:#x}: {format_key(want)}")

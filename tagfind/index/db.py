@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
 
 _SCHEMA = """
@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS sites (
     pool INTEGER,
     size INTEGER,
     via TEXT NOT NULL,
-    function INTEGER
+    function INTEGER,
+    runtime TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
 CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);

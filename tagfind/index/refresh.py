@@ -283,7 +283,7 @@ class _Refresh:
         conn.execute("DELETE FROM sites WHERE sha256 = ?", (outcome.sha256,))
         conn.executemany(
             "INSERT INTO sites (sha256, rva, api, tag, tag_text, evidence, protected, pool,"
-            " size, via, function) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " size, via, function, runtime) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [_site_values(outcome.sha256, site) for site in outcome.sites],
         )
 

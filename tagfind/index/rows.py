@@ -27,6 +27,7 @@ class SiteRow:
     size: int | None
     via: tuple[int, ...]
     function: int | None
+    runtime: tuple[str, ...] = ()  # run-time values that may replace the tag (Site.runtime)
 
     @property
     def tag_str(self) -> str | None:
@@ -109,12 +110,13 @@ def _site_values(sha: str, site: dict) -> tuple:
         _to_i64(site["size"]),
         ",".join(str(v) for v in site["via"]),
         site["function"],
+        " ".join(site.get("runtime", ())),
     )
 
 
 def _site_row(row: tuple) -> SiteRow:
     """A SiteRow from path, sha256 and arch followed by the `sites` columns after sha256."""
-    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function = row
+    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function, runtime = row
     return SiteRow(
         path=path,
         sha256=sha,
@@ -128,4 +130,5 @@ def _site_row(row: tuple) -> SiteRow:
         size=_from_i64(size),
         via=tuple(int(v) for v in via.split(",")) if via else (),
         function=function,
+        runtime=tuple(runtime.split()) if runtime else (),
     )

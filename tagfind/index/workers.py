@@ -76,6 +76,7 @@ def _outcome(sha: str, size: int | None, result) -> _Outcome:
             "size": s.size,
             "via": tuple(s.via),
             "function": s.function,
+            "runtime": tuple(s.runtime),
         }
         for s in result.sites
     ]

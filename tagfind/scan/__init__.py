@@ -12,7 +12,7 @@ from ..pe import PEError, PEImage
 from .finder import SiteFinder
 from .model import ScanResult, Site, evidence_for
 
-SCANNER_VERSION = 5  # bump when results for the same file may change: invalidates the index
+SCANNER_VERSION = 6  # bump when results for the same file may change: invalidates the index
 
 __all__ = ["SCANNER_VERSION", "ScanResult", "Site", "evidence_for", "scan_file", "scan_image"]
 
@@ -60,15 +60,20 @@ def _unique_sites(sites: list[Site]) -> list[Site]:
     """One site per call instruction. Without .pdata (stripped or damaged) the backends may
     analyse overlapping regions that each report the same call; keep the reading from the
     nearest function start, preferring one whose tag is known."""
-    best: dict[tuple[int, str], Site] = {}
+    readings: dict[tuple[int, str], list[Site]] = {}
     for site in sites:
-        key = (site.rva, site.api)
-        old = best.get(key)
-        if old is None or (old.tag is None, -(old.function or 0)) > (
-            site.tag is None, -(site.function or 0)
-        ):
-            best[key] = site
-    return sorted(best.values(), key=lambda s: (s.rva, s.api))
+        readings.setdefault((site.rva, site.api), []).append(site)
+    out: list[Site] = []
+    for group in readings.values():
+        # The reading of one analysis (one function start) stands whole: several tags at one
+        # call are alternatives that analysis proved, not a mix of readings.
+        by_function: dict[int | None, list[Site]] = {}
+        for site in group:
+            by_function.setdefault(site.function, []).append(site)
+        best = min(by_function.values(), key=lambda g: (
+            all(s.tag is None for s in g), -(g[0].function or 0)))
+        out.extend(dict.fromkeys(best))
+    return sorted(out, key=lambda s: (s.rva, s.api, -1 if s.tag is None else s.tag))
 
 
 def scan_file(path: str | os.PathLike[str], data: bytes | None = None) -> ScanResult:

@@ -2,9 +2,11 @@
 instruction set: an architecture supplies decoded instructions, a transfer function and the
 successors of each instruction; this module builds basic blocks and iterates to a fixpoint.
 
-Values form a flat lattice: a known value, or unknown (absent from the state). Where paths
-meet, a register keeps its value only if every path agrees, so a tag is reported only when
-it holds on every path to the call.
+Values are small sets: a register or stack slot holds one value, a frozenset of up to
+MAX_VALUES alternatives (a conditional move, or paths that disagree), or is unknown (absent
+from the state). Where paths meet, the alternatives are united; a value unknown on any path is
+unknown after the merge, and a set that grows past MAX_VALUES becomes unknown. So every member
+of a set at a call is carried there by some path, and nothing that no path carries is in it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,44 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ...
+Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
+
+MAX_VALUES = 8  # alternatives one register or slot may hold before it counts as unknown
+
+
+def members(value: Value | None) -> tuple[Value, ...]:
+    """The alternatives of a value: itself, or the members of its set (none when unknown)."""
+    if value is None:
+        return ()
+    if isinstance(value, frozenset):
+        return tuple(value)
+    return (value,)
+
+
+def join(a: Value | None, b: Value | None) -> Value | None:
+    """Either a or b: the union of their alternatives, None (unknown) when either is unknown
+    or the union has more than MAX_VALUES members."""
+    if a == b:
+        return a
+    if a is None or b is None:
+        return None
+    union = (a if isinstance(a, frozenset) else frozenset((a,))) | (
+        b if isinstance(b, frozenset) else frozenset((b,)))
+    if len(union) > MAX_VALUES:
+        return None
+    return union if len(union) > 1 else next(iter(union))
+
+
+def one_of(values: Sequence[Value | None]) -> Value | None:
+    """A value that is any of values (None when one is unknown or there are too many)."""
+    if not values:
+        return None
+    out = values[0]
+    for value in values[1:]:
+        out = join(out, value)
+        if out is None:
+            return None
+    return out
 
 
 @dataclass
@@ -31,9 +70,35 @@ class State:
         return State(dict(self.regs), dict(self.stack), self.fresh)
 
     def meet(self, other: State) -> State:
-        regs = {k: v for k, v in self.regs.items() if other.regs.get(k, _MISSING) == v}
-        stack = {k: v for k, v in self.stack.items() if other.stack.get(k, _MISSING) == v}
-        return State(regs, stack, self.fresh and other.fresh)
+        """The state where paths from self and other join: each value is what either path
+        carries."""
+        regs = {}
+        for k, v in self.regs.items():
+            o = other.regs.get(k, _MISSING)
+            if o is _MISSING:
+                continue
+            joined = v if o == v else join(v, o)
+            if joined is not None:
+                regs[k] = joined
+        fresh = self.fresh and other.fresh
+        stack = {}
+        for k, (w, v) in self.stack.items():
+            entry = other.stack.get(k)
+            if entry == (w, v):
+                stack[k] = (w, v)
+                continue
+            joined = join(v, entry[1]) if entry is not None and entry[0] == w else None
+            if joined is not None:
+                stack[k] = (w, joined)
+            elif fresh:
+                # In a fresh frame a missing slot above the return address reads as the
+                # caller's argument: keep it as known-unknown instead.
+                stack[k] = (w, None)
+        if fresh:
+            for k, (w, _v) in other.stack.items():
+                if k not in self.stack:
+                    stack[k] = (w, None)
+        return State(regs, stack, fresh)
 
     def same_as(self, other: State) -> bool:
         return self.regs == other.regs and self.stack == other.stack and self.fresh == other.fresh

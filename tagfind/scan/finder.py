@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ..apis import POOL_APIS, WDF_APIS_BY_INDEX, PoolApi, api_for_call
 from ..tags import NONE_TAG, strip_protected
-from .dataflow import Value
+from .dataflow import Value, members
 from .model import Site, evidence_for
 
 MAX_WRAPPER_DEPTH = 8
@@ -41,6 +41,9 @@ class Wrapper:
     via: tuple[int, ...]
     pool: Value | None
     size: Value | None
+    # Run-time values that may replace the forwarded tag inside the wrapper (or the wrappers
+    # it calls): `if (g_RandomTag) Tag = g_RandomTag;` compiled to a cmov.
+    runtime: tuple[str, ...] = ()
 
 
 class Backend(Protocol):
@@ -131,11 +134,14 @@ class SiteFinder:
             if api.tag_arg is None or wrapper_rva == function:
                 continue
             tag_index = wrapper.tag_arg if wrapper else api.tag_arg
-            tag = _arg(event.args, tag_index)
-            if isinstance(tag, tuple) and tag[0] == "arg":
+            alternatives = members(_arg(event.args, tag_index))
+            forwarded = [v[1] for v in alternatives if _is_arg(v)]
+            if forwarded:
                 via = (wrapper_rva, *wrapper.via) if wrapper else ()
                 pool, size = self._pool_and_size(api, wrapper, event.args)
-                return Wrapper(api.name, tag[1], via, pool, size)
+                inner = wrapper.runtime if wrapper else ()
+                return Wrapper(api.name, min(forwarded), via, pool, size,
+                               _merge(inner, _runtime(alternatives)))
         return None
 
     @staticmethod
@@ -151,18 +157,18 @@ class SiteFinder:
         sites: list[Site] = []
         for events in self.events.values():
             for event in events:
-                site = self._site(event.function, event)
-                if site is not None:
-                    sites.append(site)
-        sites.sort(key=lambda s: (s.rva, s.api))
+                sites.extend(self._sites_of(event.function, event))
+        sites.sort(key=lambda s: (s.rva, s.api, -1 if s.tag is None else s.tag))
         return sites
 
-    def _site(self, function: int, event: CallEvent) -> Site | None:
+    def _sites_of(self, function: int, event: CallEvent) -> list[Site]:
+        """The sites of one call: one per constant tag that reaches the API there (each on
+        some path), or one unproven site when none does."""
         if event.rva in self.local_apis:
-            return None  # an import thunk's own jump stands for the API; it is not a use
+            return []  # an import thunk's own jump stands for the API; it is not a use
         resolved = self._resolve(event)
         if resolved is None:
-            return None
+            return []
         api, wrapper, wrapper_rva = resolved
         via = (wrapper_rva, *wrapper.via) if wrapper else ()
         pool, size = self._pool_and_size(api, wrapper, event.args)
@@ -170,26 +176,59 @@ class SiteFinder:
         size = size if isinstance(size, int) else None
         evidence = evidence_for(api.name, via)
         if api.tag_arg is None:
-            return Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via, function)
-        raw = _arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg)
-        if not isinstance(raw, int):
-            if wrapper is not None or api.tag_field is not None:
-                # A call between wrappers is not a pool call of its own; an unread structure
-                # field says nothing about the driver's tags.
-                return None
-            # A direct pool call whose tag is not a constant here (a wrapper's own call
-            # included: its callers' sites carry the values).
-            return Site(event.rva, api.name, None, evidence, False, pool, size, via, function)
-        tag, protected = strip_protected(raw & 0xFFFFFFFF)
-        if tag == 0:
-            return None  # tag 0 means "no tag" (ExFreePoolWithTag(p, 0))
-        return Site(event.rva, api.name, tag, evidence, protected, pool, size, via, function)
+            return [Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via,
+                         function)]
+        alternatives = members(_arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg))
+        runtime = _merge(wrapper.runtime if wrapper else (), _runtime(alternatives))
+        sites = []
+        for raw in alternatives:
+            if not isinstance(raw, int):
+                continue
+            tag, protected = strip_protected(raw & 0xFFFFFFFF)
+            if tag == 0:
+                continue  # tag 0 means "no tag" (ExFreePoolWithTag(p, 0))
+            sites.append(Site(event.rva, api.name, tag, evidence, protected, pool, size, via,
+                              function, runtime))
+        if sites or any(isinstance(raw, int) for raw in alternatives):
+            return sites
+        if wrapper is not None or api.tag_in_structure:
+            # A call between wrappers is not a pool call of its own; an unread structure
+            # field says nothing about the driver's tags.
+            return []
+        # A direct pool call whose tag is not a constant here (a wrapper's own call
+        # included: its callers' sites carry the values).
+        return [Site(event.rva, api.name, None, evidence, False, pool, size, via, function,
+                     runtime)]
 
 
 def _arg(args: tuple[Value | None, ...], index: int | None) -> Value | None:
     if index is None or index >= len(args):
         return None
     return args[index]
+
+
+def _is_arg(value: Value) -> bool:
+    return isinstance(value, tuple) and value[0] == "arg"
+
+
+def _runtime(alternatives: Iterable[Value]) -> tuple[str, ...]:
+    """The run-time sources among a tag's alternatives (constants and forwarded arguments
+    are not: they are the tags themselves, or their callers')."""
+    out = []
+    for value in alternatives:
+        if isinstance(value, int) or _is_arg(value):
+            continue
+        if isinstance(value, tuple) and value[0] == "glob":
+            out.append(f"global:0x{value[1]:x}")
+        elif isinstance(value, tuple) and value[0] == "field":
+            out.append(f"field:{value[1]}:0x{value[2]:x}")
+        else:
+            out.append("unknown")
+    return tuple(sorted(set(out)))
+
+
+def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(set(a) | set(b))) if b else a
 
 
 def _through(value: Value | None, args: tuple[Value | None, ...]) -> Value | None:

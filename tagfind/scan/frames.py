@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dataflow import State, Value
+from .dataflow import State, Value, one_of
 from .finder import CallEvent
 
 
@@ -29,14 +29,21 @@ class FrameLayout:
     word_bits: int  # register width: values narrower than this are masked on read
 
 
+# Symbolic values that stay themselves when read through 32 bits: a ULONG argument forwarded
+# from the low half of an argument slot, a ULONG global, a ULONG structure field.
+_ULONG_KINDS = frozenset({"arg", "glob", "field"})
+
+
 def narrow(value: Value | None, bits: int, word_bits: int) -> Value | None:
     """A value read through a narrower register or memory width."""
     if value is None or bits >= word_bits:
         return value
     if isinstance(value, int):
         return value & ((1 << bits) - 1)
-    if bits == 32 and isinstance(value, tuple) and value[0] == "arg":
-        return value  # a ULONG argument forwarded from the low half of an argument slot
+    if isinstance(value, frozenset):
+        return one_of([narrow(v, bits, word_bits) for v in value])
+    if bits == 32 and isinstance(value, tuple) and value[0] in _ULONG_KINDS:
+        return value
     return None
 
 

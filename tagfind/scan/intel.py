@@ -22,7 +22,7 @@ import capstone
 import numpy as np
 
 from ..apis import APIS_BY_IMPORT
-from .dataflow import Flow, Insn, State, Value
+from .dataflow import Flow, Insn, State, Value, join, members, one_of
 from .finder import CallEvent
 from .frames import CallIndex, FrameLayout, narrow, read_stack, write_stack
 
@@ -307,6 +307,17 @@ class IntelSemantics:
                 raw = self.image.read(where, width)
                 if len(raw) == width:
                     return int.from_bytes(raw, "little")
+            if width in (4, self.word) and self.image.is_writable_data(where):
+                # A run-time value: never its initial bytes, which the driver may replace.
+                return (GLOBAL, where)
+            return None
+        if width == 4:
+            parsed = parse_memory(text, self.bits)
+            if parsed is not None and parsed[1] not in (None, "rip", OTHER):
+                pointer = state.regs.get(parsed[1])
+                if isinstance(pointer, tuple) and pointer[0] == "arg":
+                    # A ULONG field of a structure the caller passed by pointer.
+                    return (FIELD, pointer[1], parsed[2])
         return None
 
     def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
@@ -457,6 +468,14 @@ class IntelSemantics:
             self.write(state, insn, ops[0], 0)
         elif isinstance(a, int) and isinstance(b, int):
             self.write(state, insn, ops[0], self.mode.alu[mnem](a, b) & self.mask)
+        elif isinstance(a, frozenset) or isinstance(b, frozenset):
+            # Alternatives fold one by one (a pool type chosen by cmov, then or'ed a flag).
+            values = [(x, y) for x in members(a) for y in members(b)]
+            if values and all(isinstance(x, int) and isinstance(y, int) for x, y in values):
+                self.write(state, insn, ops[0], one_of(
+                    [self.mode.alu[mnem](x, y) & self.mask for x, y in values]))
+            else:
+                self.write(state, insn, ops[0], None)
         else:
             self.write(state, insn, ops[0], None)
 
@@ -481,8 +500,10 @@ class IntelSemantics:
             if base.startswith("set") and ops:
                 self.write(state, insn, ops[0], None)
             return
-        if base.startswith("cmov") and ops:
-            self.write(state, insn, ops[0], None)
+        if base.startswith("cmov") and len(ops) == 2:
+            # Either the old value stays or the source replaces it.
+            self.write(state, insn, ops[0],
+                       join(self.read(state, insn, ops[0]), self.read(state, insn, ops[1])))
             return
         if ops:
             self.write(state, insn, ops[0], None)
@@ -502,6 +523,11 @@ class IntelSemantics:
             target = direct_target(insn.op_str)
             return Flow((target,) if target is not None else (), True)
         return Flow()
+
+
+# --- symbolic values --------------------------------------------------------------------------
+GLOBAL = "glob"  # ("glob", rva): the value of writable image memory at rva, read at run time
+FIELD = "field"  # ("field", k, offset): the ULONG at offset in the structure argument k points at
 
 
 # --- pool APIs looked up by name at run time --------------------------------------------------
@@ -637,19 +663,23 @@ class IntelBackend:
     def callers_of(self, target: int) -> list[int]:
         return self.calls.callers_of(target)
 
-    def _observer(self, function: int, lo: int, hi: int, events: list[CallEvent],
+    def _observer(self, function: int, spans: list[tuple[int, int]], events: list[CallEvent],
                   called: set[int] | frozenset[int] = frozenset()
                   ) -> Callable[[State, Insn], None]:
-        """observe() for dataflow.run over the region [lo, hi) of function: appends a
-        CallEvent for each call, and for each jmp that leaves the region or goes to an address
-        in `called` (a tail call into a function that shares the region)."""
+        """observe() for dataflow.run over the regions [lo, hi) in spans (one, or a function
+        and its chained fragments): appends a CallEvent for each call, and for each jmp that
+        leaves the regions or goes to an address in `called` (a tail call into a function
+        that shares the region)."""
         sem = self.semantics
+
+        def inside(address: int) -> bool:
+            return any(lo <= address < hi for lo, hi in spans)
 
         def observe(state: State, insn: Insn) -> None:
             mnem = insn.mnemonic
             if mnem == "jmp":
                 direct = direct_target(insn.op_str)
-                if direct is not None and lo <= direct < hi and direct not in called:
+                if direct is not None and inside(direct) and direct not in called:
                     return  # a branch inside the function
             elif mnem != "call":
                 return

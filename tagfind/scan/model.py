@@ -26,6 +26,10 @@ class Site:
     size: int | None = None
     via: tuple[int, ...] = ()
     function: int | None = None
+    # Run-time values that may take the tag's place on some path (see runtime_text), or for an
+    # unproven tag the values it comes from: "global:0x24004" (writable image memory at that
+    # RVA), "field:1:0x10" (a field of a caller's structure), "unknown".
+    runtime: tuple[str, ...] = ()
 
     @property
     def tag_str(self) -> str | None:

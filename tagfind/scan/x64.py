@@ -30,9 +30,9 @@ from ..apis import (
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
-    WDF_APIS_BY_INDEX,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    structured_api,
 )
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
@@ -56,6 +56,7 @@ from .intel import (
     routine_name,
     scan_dwords,
 )
+from .structs import structure_tag
 
 ARG_REGS = ("rcx", "rdx", "r8", "r9")
 VOLATILE = ("rax", "rcx", "rdx", "r8", "r9", "r10", "r11")
@@ -221,12 +222,12 @@ class X64Semantics(IntelSemantics):
                 args.append(read_stack(state, LAYOUT, sp[1] + 8 * k + (8 if tail else 0), 4))
             else:
                 args.append(None)
-        if isinstance(target, tuple) and target[0] == "wdf":
-            api = WDF_APIS_BY_INDEX.get(target[1])
-            if api is not None and api.tag_field is not None:
-                # The finder sees the tag where the structure pointer was.
-                pointer = self._pointer_arg(state, api.tag_arg, tail)
-                args[api.tag_arg] = self._field(state, pointer, api.tag_field[0])
+        api = structured_api(target)
+        if api is not None:
+            # The finder sees the tag where the structure pointer was.
+            pointer = self._pointer_arg(state, api.tag_arg, tail)
+            args[api.tag_arg] = structure_tag(api, state, pointer, 64, self._field, self.image,
+                                              self._rva)
         return args
 
     def _pointer_arg(self, state: State, index: int, tail: bool) -> Value | None:
@@ -268,6 +269,7 @@ class X64Backend(IntelBackend):
         self.semantics = X64Semantics(image, self.api_slots, image.guard_dispatch_slots)
         self.md = make_decoder(64)
         self.regions: dict[int, tuple[int, bool, bool]] = {}  # start -> (end, fresh, has_pdata)
+        self.parts: dict[int, list[tuple[int, int]]] = {}  # primary -> its parts with fragments
         self._capped: list[int] = []  # sorted starts of regions cut at REGION_CAP (no .pdata)
         self._jump_slots: dict[int, str] = {}  # jmp [IAT] locations: thunks or tail calls
         # IAT slots of the imports that fill pointers at run time, and references to them.
@@ -304,7 +306,9 @@ class X64Backend(IntelBackend):
         image = self.image
         pdata = image.function_containing(rva)
         if pdata is not None:
-            return pdata[0] == rva  # a function that only jumps on; else a tail call
+            # A function that only jumps on; else a tail call (a chained fragment that starts
+            # with one included: it is a part of its primary function).
+            return pdata[0] == rva and not image.function_parts(rva)[1]
         if len(self.callers_of(rva)) or (len(image.functions)
                                          and image.function_end_before(rva) == rva):
             return True  # called, or right where the previous function ends
@@ -372,6 +376,13 @@ class X64Backend(IntelBackend):
         pdata = image.function_containing(rva)
         if pdata is not None:
             begin, end = pdata
+            root, parts = image.function_parts(begin)
+            if parts:
+                # A chained fragment is analysed as part of its primary function, so values
+                # set before the jump into it (stack arguments included) reach its calls.
+                self.parts[root] = parts
+                self.regions.setdefault(root, (parts[0][1], True, True))
+                return root
             self.regions.setdefault(begin, (end, not image.is_chained_fragment(begin), True))
             return begin
         section = image.section_at(rva)
@@ -407,15 +418,20 @@ class X64Backend(IntelBackend):
 
     def analyse(self, function: int) -> list[CallEvent]:
         end, fresh, has_pdata = self.regions[function]
-        code = self.image.read(function, end - function)
-        insns = decode(self.md, code, function, stop_after=end)
+        parts = self.parts.get(function) or [(function, end)]
+        insns: list[Insn] = []
+        spans = []
+        for begin, stop in parts:
+            code = self.image.read(begin, stop - begin)
+            insns.extend(decode(self.md, code, begin, stop_after=stop))
+            spans.append((begin, begin + len(code)))
         sem = self.semantics
         events: list[CallEvent] = []
-        lo, hi = function, function + len(code)
+        lo, hi = spans[0]
         # Without .pdata several leaf functions may share the region; a jmp to an address that
         # some call targets is a tail call into another function, not a branch in this one.
         called = set() if has_pdata else set(self.calls.called_between(lo, hi))
-        observe = self._observer(function, lo, hi, events, called)
+        observe = self._observer(function, spans, events, called)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         entries = [function]
 

@@ -65,9 +65,9 @@ from ..apis import (
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
-    WDF_APIS_BY_INDEX,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    structured_api,
 )
 from .dataflow import Insn, State, Value, run
 from .finder import CallEvent
@@ -100,6 +100,7 @@ from .intel import (
     routine_name,
     scan_dwords,
 )
+from .structs import structure_tag
 
 MASK32 = 0xFFFFFFFF
 MAX_SLOTS = 10  # argument slots read at a call: enough for every API in apis.py
@@ -142,6 +143,9 @@ POOL_API_ARGC: dict[str, int] = {
     "ExInitializePagedLookasideList": 7,
     "ExInitializeLookasideListEx": 8,
     "IoInitializeRemoveLockEx": 5,
+    "NdisAllocateNetBufferListPool": 2,
+    "NdisAllocateNetBufferPool": 2,
+    "FltRegisterFilter": 3,
     "ExAllocatePool": 2,
     "ExAllocatePoolWithQuota": 2,
 }
@@ -394,11 +398,12 @@ class X86Semantics(IntelSemantics):
             base = sp + (4 if tail else 0)
             slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
         name = self.api_name(target)
+        api = structured_api(target)
+        if api is not None:
+            # The finder sees the tag where the structure pointer was.
+            slots[api.tag_arg] = structure_tag(api, state, slots[api.tag_arg], 32, self._field,
+                                               self.image, lambda va: (va - self.base) & MASK32)
         if isinstance(target, tuple) and target[0] == "wdf":
-            api = WDF_APIS_BY_INDEX.get(target[1])
-            if api is not None and api.tag_field is not None:
-                # The finder sees the tag where the structure pointer was.
-                slots[api.tag_arg] = self._field(state, slots[api.tag_arg], api.tag_field[1])
             return slots
         if name is None:
             return slots + [state.regs.get(reg) for reg in REG_ARGS]
@@ -731,7 +736,7 @@ class X86Backend(IntelBackend):
         insns = decode(self.md, code, function)
         sem = self.semantics
         events: list[CallEvent] = []
-        observe = self._observer(function, function, function + len(code), events)
+        observe = self._observer(function, [(function, function + len(code))], events)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
