@@ -29,6 +29,9 @@ class CallEvent:
     function: int
     target: Value | None  # ("imp", name) | ("wdf", slot) | int (local RVA) | None
     args: tuple[Value | None, ...]
+    # Stack structures the call's arguments point at: (argument, byte offset, ULONG there),
+    # for calls of local functions (a callee may take its tag from such a field).
+    fields: tuple[tuple[int, int, Value], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,9 @@ class Wrapper:
     # Run-time values that may replace the forwarded tag inside the wrapper (or the wrappers
     # it calls): `if (g_RandomTag) Tag = g_RandomTag;` compiled to a cmov.
     runtime: tuple[str, ...] = ()
+    # Set when the tag is the ULONG at this offset of the structure argument `tag_arg` points
+    # at (`ExFreePoolWithTag(p, obj->Tag)`), not the argument itself.
+    tag_offset: int | None = None
 
 
 class Backend(Protocol):
@@ -52,6 +58,7 @@ class Backend(Protocol):
     def callers_of(self, target: int) -> Iterable[int]: ...
     def analyse(self, function: int) -> list[CallEvent]: ...
     def function_of(self, rva: int) -> int | None: ...
+    def constant_field(self, pointer: int, offset: int) -> Value | None: ...
 
 
 class SiteFinder:
@@ -133,15 +140,36 @@ class SiteFinder:
             api, wrapper, wrapper_rva = resolved
             if api.tag_arg is None or wrapper_rva == function:
                 continue
-            tag_index = wrapper.tag_arg if wrapper else api.tag_arg
-            alternatives = members(_arg(event.args, tag_index))
-            forwarded = [v[1] for v in alternatives if _is_arg(v)]
+            alternatives = members(self._tag_value(event, api, wrapper))
+            forwarded = sorted(v[1] for v in alternatives if _is_arg(v))
+            fields = sorted(v[1:] for v in alternatives if _is_field(v))
+            if not forwarded and not fields:
+                continue
+            via = (wrapper_rva, *wrapper.via) if wrapper else ()
+            pool, size = self._pool_and_size(api, wrapper, event.args)
+            inner = wrapper.runtime if wrapper else ()
+            others = [v for v in alternatives if not _is_field(v)]
+            runtime = _merge(inner, _runtime(others))
             if forwarded:
-                via = (wrapper_rva, *wrapper.via) if wrapper else ()
-                pool, size = self._pool_and_size(api, wrapper, event.args)
-                inner = wrapper.runtime if wrapper else ()
-                return Wrapper(api.name, min(forwarded), via, pool, size,
-                               _merge(inner, _runtime(alternatives)))
+                return Wrapper(api.name, forwarded[0], via, pool, size, runtime)
+            return Wrapper(api.name, fields[0][0], via, pool, size, runtime, fields[0][1])
+        return None
+
+    def _tag_value(self, event: CallEvent, api: PoolApi, wrapper: Wrapper | None) -> Value | None:
+        """The tag a call passes, as the calling function sees it: an argument of a direct
+        call, the value a wrapper forwards, or the structure field a wrapper reads."""
+        if wrapper is None:
+            return _arg(event.args, api.tag_arg)
+        value = _arg(event.args, wrapper.tag_arg)
+        if wrapper.tag_offset is None:
+            return value
+        if _is_arg(value):
+            return ("field", value[1], wrapper.tag_offset)  # our caller's structure
+        for arg, offset, field in event.fields:
+            if arg == wrapper.tag_arg and offset == wrapper.tag_offset:
+                return field
+        if isinstance(value, int):
+            return self.backend.constant_field(value, wrapper.tag_offset)
         return None
 
     @staticmethod
@@ -178,7 +206,7 @@ class SiteFinder:
         if api.tag_arg is None:
             return [Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via,
                          function)]
-        alternatives = members(_arg(event.args, wrapper.tag_arg if wrapper else api.tag_arg))
+        alternatives = members(self._tag_value(event, api, wrapper))
         runtime = _merge(wrapper.runtime if wrapper else (), _runtime(alternatives))
         sites = []
         for raw in alternatives:
@@ -209,6 +237,10 @@ def _arg(args: tuple[Value | None, ...], index: int | None) -> Value | None:
 
 def _is_arg(value: Value) -> bool:
     return isinstance(value, tuple) and value[0] == "arg"
+
+
+def _is_field(value: Value) -> bool:
+    return isinstance(value, tuple) and value[0] == "field"
 
 
 def _runtime(alternatives: Iterable[Value]) -> tuple[str, ...]:

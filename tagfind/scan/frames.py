@@ -75,18 +75,49 @@ def write_stack(state: State, layout: FrameLayout, offset: int, width: int,
         state.stack[offset] = (width, value)
 
 
+MAX_STRUCT = 0x100  # bytes of a stack structure a call's pointer argument makes visible
+
+
+def stack_fields(state: State, args: Sequence[Value | None]
+                 ) -> tuple[tuple[int, int, Value], ...]:
+    """(argument, offset, ULONG) for the known 4-byte words of the stack structures that
+    arguments point at: what a callee reading `arg->Field` finds there."""
+    out = []
+    for k, arg in enumerate(args):
+        if not (isinstance(arg, tuple) and arg[0] == "sp"):
+            continue
+        base = arg[1]
+        for off, (width, value) in state.stack.items():
+            if not base <= off < base + MAX_STRUCT or value is None:
+                continue
+            if width == 4:
+                out.append((k, off - base, value))
+            elif width == 8 and isinstance(value, int):
+                out.append((k, off - base, value & 0xFFFFFFFF))
+                out.append((k, off - base + 4, value >> 32))
+    return tuple(out)
+
+
 def drop_below(state: State, offset: int) -> None:
     """Forget slots below offset: the callee owned that memory."""
     for off in [o for o in state.stack if o < offset]:
         del state.stack[off]
 
 
-def entry_state(arg_regs: Sequence[str], sp: str, first_arg: int = 0) -> State:
-    """The state at a function's entry: arg_regs hold arguments first_arg, first_arg + 1, ...
-    and the stack pointer is offset 0 of the frame."""
+def entry_state(arg_regs: Sequence[str], sp: str, first_arg: int = 0,
+                layout: FrameLayout | None = None, stack_args: int = 0) -> State:
+    """The state at a function's entry: arg_regs hold arguments first_arg, first_arg + 1, ...,
+    the stack pointer is offset 0 of the frame, and the first stack_args stack slots hold
+    their arguments (written out, so that a path that overwrites one merges with the paths that
+    keep it as "either"; slots past them read as arguments while the state is fresh)."""
     regs: dict[str, Value] = {reg: ("arg", first_arg + i) for i, reg in enumerate(arg_regs)}
     regs[sp] = ("sp", 0)
-    return State(regs, {}, fresh=True)
+    stack: dict[int, tuple[int, Value]] = {}
+    if layout is not None:
+        for k in range(stack_args):
+            stack[layout.arg_base + k * layout.slot] = (layout.slot,
+                                                        ("arg", layout.first_stack_arg + k))
+    return State(regs, stack, fresh=True)
 
 
 def without_args(events: list[CallEvent]) -> list[CallEvent]:

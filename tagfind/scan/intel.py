@@ -24,7 +24,7 @@ import numpy as np
 from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value, join, members, one_of
 from .finder import CallEvent
-from .frames import CallIndex, FrameLayout, narrow, read_stack, write_stack
+from .frames import CallIndex, FrameLayout, narrow, read_stack, stack_fields, write_stack
 
 # --- registers --------------------------------------------------------------------------------
 # The eight legacy registers by their 16-bit name, with their byte halves (low, high).
@@ -687,9 +687,14 @@ class IntelBackend:
             if target is None:
                 return
             args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
-            events.append(CallEvent(insn.address, function, target, tuple(args)))
+            fields = stack_fields(state, args) if isinstance(target, int) else ()
+            events.append(CallEvent(insn.address, function, target, tuple(args), fields))
 
         return observe
+
+    def constant_field(self, pointer: int, offset: int) -> Value | None:
+        """The ULONG at pointer + offset when the pointer is a constant into read-only data."""
+        return self.semantics._field(State(), pointer, offset)
 
     def function_of(self, rva: int) -> int | None:
         raise NotImplementedError

@@ -88,7 +88,7 @@ class X64Semantics(IntelSemantics):
 
     @staticmethod
     def entry_state() -> State:
-        return entry_state(ARG_REGS, "rsp")
+        return entry_state(ARG_REGS, "rsp", layout=LAYOUT, stack_args=MAX_ARGS - len(ARG_REGS))
 
     def _call(self, state: State, insn: Insn) -> None:
         result = None
@@ -456,8 +456,10 @@ class X64Backend(IntelBackend):
         out = []
         for e in events:
             owner = starts[bisect.bisect_right(starts, e.rva) - 1] if starts else function
-            args = e.args if converged else (None,) * len(e.args)
-            out.append(CallEvent(e.rva, owner, e.target, args))
+            if converged:
+                out.append(CallEvent(e.rva, owner, e.target, e.args, e.fields))
+            else:
+                out.append(CallEvent(e.rva, owner, e.target, (None,) * len(e.args)))
         return out
 
 

@@ -215,7 +215,7 @@ class X86Semantics(IntelSemantics):
 
     @staticmethod
     def entry_state() -> State:
-        return entry_state(REG_ARGS, "esp", MAX_SLOTS)
+        return entry_state(REG_ARGS, "esp", MAX_SLOTS, LAYOUT, MAX_SLOTS)
 
     # --- what differs from x64 --------------------------------------------------------------
     def _sp(self, state: State, insn: Insn, establish: bool = True) -> int | None:
