@@ -36,6 +36,10 @@ _DIR_DELAY_IMPORT = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_DELAY_IMPORT"]
 _DIR_BASERELOC = pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_BASERELOC"]
 
 
+_UNSEEN = object()
+_SECTION_MEMO = 1 << 16  # addresses whose section is remembered (the scanner asks repeatedly)
+
+
 class PEError(Exception):
     """The file is not a PE image we can read; the message is one line for the user."""
 
@@ -83,6 +87,7 @@ class PEImage:
         self.entry_point = pe.OPTIONAL_HEADER.AddressOfEntryPoint
         self.size_of_image = pe.OPTIONAL_HEADER.SizeOfImage
         self.sections = _sections(pe, data)
+        self._section_of: dict[int, Section | None] = {}
         _check_complete(pe, data)
         try:  # (rva, size) of the base relocations: the x86 scanner finds code pointers there
             reloc = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_DIR_BASERELOC]
@@ -163,13 +168,22 @@ class PEImage:
     # --- access ------------------------------------------------------------------------------
     def section_at(self, rva: int) -> Section | None:
         """The section holding rva: its bytes in the file, else its zero-filled tail."""
+        found = self._section_of.get(rva, _UNSEEN)
+        if found is not _UNSEEN:
+            return found
+        found = None
         for section in self.sections:
             if section.contains(rva):
-                return section
-        for section in self.sections:
-            if section.rva <= rva < section.rva + section.vsize:
-                return section
-        return None
+                found = section
+                break
+        else:
+            for section in self.sections:
+                if section.rva <= rva < section.rva + section.vsize:
+                    found = section
+                    break
+        if len(self._section_of) < _SECTION_MEMO:
+            self._section_of[rva] = found
+        return found
 
     def read(self, rva: int, size: int) -> bytes:
         """Bytes at an RVA as the loaded image holds them: a section's zero-filled tail reads

@@ -18,6 +18,9 @@ from typing import Any
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
 
 MAX_VALUES = 8  # alternatives one register or slot may hold before it counts as unknown
+# Merges into one block after which growing values become unknown (a loop): alternatives come
+# from the first paths to arrive, and the fixpoint takes a few rounds instead of one per member.
+WIDEN_AFTER = 2
 
 
 def members(value: Value | None) -> tuple[Value, ...]:
@@ -69,33 +72,39 @@ class State:
     def copy(self) -> State:
         return State(dict(self.regs), dict(self.stack), self.fresh)
 
-    def meet(self, other: State) -> State:
+    def meet(self, other: State, widen: bool = False) -> State:
         """The state where paths from self and other join: each value is what either path
-        carries."""
+        carries. widen (a loop that keeps changing the state): a value that would grow is
+        unknown instead, so the iteration ends quickly."""
+        oregs = other.regs
         regs = {}
         for k, v in self.regs.items():
-            o = other.regs.get(k, _MISSING)
-            if o is _MISSING:
-                continue
-            joined = v if o == v else join(v, o)
-            if joined is not None:
-                regs[k] = joined
+            o = oregs.get(k, _MISSING)
+            if o == v:
+                regs[k] = v
+            elif o is not _MISSING and not widen:
+                joined = join(v, o)
+                if joined is not None:
+                    regs[k] = joined
         fresh = self.fresh and other.fresh
+        ostack = other.stack
         stack = {}
-        for k, (w, v) in self.stack.items():
-            entry = other.stack.get(k)
-            if entry == (w, v):
-                stack[k] = (w, v)
+        for k, entry in self.stack.items():
+            o = ostack.get(k)
+            if o == entry:
+                stack[k] = entry
                 continue
-            joined = join(v, entry[1]) if entry is not None and entry[0] == w else None
+            joined = None
+            if o is not None and o[0] == entry[0] and not widen:
+                joined = join(entry[1], o[1])
             if joined is not None:
-                stack[k] = (w, joined)
+                stack[k] = (entry[0], joined)
             elif fresh:
                 # In a fresh frame a missing slot above the return address reads as the
                 # caller's argument: keep it as known-unknown instead.
-                stack[k] = (w, None)
+                stack[k] = (entry[0], None)
         if fresh:
-            for k, (w, _v) in other.stack.items():
+            for k, (w, _v) in ostack.items():
                 if k not in self.stack:
                     stack[k] = (w, None)
         return State(regs, stack, fresh)
@@ -178,6 +187,7 @@ def run(
         if preds_count[b] == 0:
             states[b] = orphan_state(insns[blocks[b][0]].address)
     work = list(range(len(blocks)))
+    visits = [0] * len(blocks)
     rounds = 0
     budget = max_rounds * len(blocks)
     while work and rounds < budget:
@@ -192,7 +202,8 @@ def run(
             transfer(state, insns[i])
         for nb in succs[b]:
             old = states[nb]
-            new = state.copy() if old is None else old.meet(state)
+            visits[nb] += 1
+            new = state.copy() if old is None else old.meet(state, visits[nb] > WIDEN_AFTER)
             if old is None or not new.same_as(old):
                 states[nb] = new
                 work.append(nb)
