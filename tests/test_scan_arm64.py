@@ -14,6 +14,7 @@ they run whichever capstone is installed.
 from __future__ import annotations
 
 import archsuite
+import pefile
 import pytest
 from fixtures import build as fixture_build
 from fixtures.archcheck import Transfers
@@ -63,6 +64,18 @@ def test_in_function_tail_call_is_not_a_thunk(built, variant):
     assert set(backend.local_apis()) == pool_thunks
 
 
+@pytest.mark.parametrize("variant", SPEC.variants)
+def test_kmdf_wdf_functions_lies_past_the_raw_data(built, variant):
+    """As in MSVC builds, the WdfFunctions variable is memory the loader zero-fills, past the
+    raw data the file holds for its section (read with pefile, not tagfind's PE layer)."""
+    path, _ = built("kmdf", variant)
+    (table,) = Arm64Backend(PEImage(str(path))).semantics.wdf_tables
+    pe = pefile.PE(str(path), fast_load=True)
+    section = next(s for s in pe.sections
+                   if s.VirtualAddress <= table < s.VirtualAddress + s.Misc_VirtualSize)
+    assert table >= section.VirtualAddress + section.SizeOfRawData
+
+
 # -- operand spellings of capstone 5 and 6 --------------------------------------------------------
 
 
@@ -72,6 +85,7 @@ class _Image:
     image_base = 0x180000000
     size_of_image = 0x10000
     imports = {0x20C0: "ExAllocatePoolWithTag"}
+    guard_dispatch_slots = frozenset()
 
     @staticmethod
     def is_readonly_data(_rva):

@@ -15,6 +15,21 @@ Candidates come from a numpy pass over the 4-byte instruction words, without dec
 ADRP whose page holds a pool-API IAT slot followed (within a few instructions) by an LDR of
 that slot through the same register, and BL/B whose target is a local pool-API thunk.
 
+Pool APIs reached through pointers the driver fills at run time are found as on x64, in a first
+pass over the functions that call the imports that fill them (through the IAT or a thunk):
+- MmGetSystemRoutineAddress(&name) whose UNICODE_STRING buffer spells a pool API (built by
+  RtlInitUnicodeString on the stack, or static): the global that receives x0 stands for that
+  API, like an IAT slot;
+- WdfVersionBind(DriverObject, RegistryPath, &BindInfo, &Globals): BindInfo.FuncTable (+0x20)
+  holds the address of the driver's WdfFunctions variable; `adrp` + `ldr` of it loads the WDF
+  function table, and a call through `ldr xN, [table, #8k]` is the call target ("wdf", k).
+  MSVC puts WdfFunctions in the uninitialised tail of .data (past the section's raw size), so
+  the variable is accepted anywhere in a section's virtual range.
+Control Flow Guard (MSVC /guard:cf) calls go through two pointers the load config names, told
+apart by the stub each initially points at: `__guard_dispatch_icall_fptr` (`br x9`: the call
+goes to x9) and `__guard_check_icall_fptr` (`ret`: a check of x15 that preserves x0-x8 and x15,
+after which the code calls the target itself).
+
 Capstone 5 calls the architecture ARM64, capstone 6 AARCH64; capstone 6 also drops the `#`
 in front of branch and adrp targets. Operands are parsed so that both spellings work.
 """
@@ -27,7 +42,16 @@ from functools import lru_cache
 import capstone
 import numpy as np
 
-from ..apis import APIS_BY_IMPORT
+from ..apis import (
+    APIS_BY_IMPORT,
+    RESOLVER_IMPORTS,
+    ROUTINE_LOOKUP_IMPORT,
+    RUNTIME_LOOKUP_APIS,
+    STRING_INIT_IMPORT,
+    WDF_APIS_BY_INDEX,
+    WDF_BIND_IMPORT,
+    WDF_BIND_INFO_FUNC_TABLE,
+)
 from .dataflow import Flow, Insn, State, Value, run
 from .finder import CallEvent
 from .frames import (
@@ -45,6 +69,10 @@ MASK32 = 0xFFFFFFFF
 ARG_REGS = tuple(f"x{n}" for n in range(8))
 MAX_ARGS = 10
 VOLATILE = (*(f"x{n}" for n in range(18)), "x30")
+# What a call of __guard_check_icall_fptr may change: it preserves the argument registers
+# x0-x8 (LLVM's CSR_Win_AArch64_CFGuard_Check) and the checked target in x15, which MSVC
+# calls afterwards (`blr x15`).
+GUARD_CHECK_CLOBBERS = (*(f"x{n}" for n in range(9, 15)), "x16", "x17", "x30")
 LAYOUT = FrameLayout(arg_base=0, slot=8, first_stack_arg=8, word_bits=64)
 
 CS_ARCH = getattr(capstone, "CS_ARCH_AARCH64", None)
@@ -85,6 +113,15 @@ _TERMINATORS = {"ret", "retaa", "retab", "brk", "udf", "hlt", "eret", "br", "bra
                 "braaz", "brabz"}
 _COND_BRANCH = ("b.", "bc.", "cbz", "cbnz", "tbz", "tbnz")
 _SPLIT = re.compile(r",\s*(?![^\[]*\])(?![^{]*\})")
+
+# Values the semantics give registers beyond the shared ones (the finder never sees these):
+ROUTINE = "routine"  # ("routine", api): MmGetSystemRoutineAddress's result, naming a pool API
+WDF_TABLE = ("wdftable",)  # a pointer loaded from the KMDF WdfFunctions variable
+GUARD_CHECK = ("guardcheck",)  # the value of __guard_check_icall_fptr
+GUARD_DISPATCH = "guarddispatch"  # ("guarddispatch", reg): __guard_dispatch_icall_fptr
+MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
+# Imports whose calls the semantics model (their thunks are resolved to them).
+MODELLED_IMPORTS = RESOLVER_IMPORTS | {STRING_INIT_IMPORT}
 
 
 def make_decoder() -> capstone.Cs:
@@ -148,6 +185,15 @@ class Arm64Semantics:
         self.image = image
         self.base = image.image_base
         self.imports = image.imports
+        self.guard = _guard_pointers(image)  # slot RVA -> GUARD_CHECK | (GUARD_DISPATCH, reg)
+        imported = set(self.imports.values())
+        # Calls whose effect we model, only when the image looks routines up by name (else no
+        # cost): RtlInitUnicodeString matters only on the way to MmGetSystemRoutineAddress.
+        self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
+                               if ROUTINE_LOOKUP_IMPORT in imported else set())
+        self.modelled_thunks: dict[int, str] = {}  # import thunk RVA -> MODELLED_IMPORTS name
+        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
+        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
 
     # --- states -----------------------------------------------------------------------------
     @staticmethod
@@ -205,16 +251,28 @@ class Arm64Semantics:
             return ("stack", base[1] + disp)
         if isinstance(base, int):
             return ("abs", (base + disp) & MASK64)
+        if base == WDF_TABLE:
+            return ("wdf", disp)
         return ("other", None)
 
     def _load(self, state: State, where: tuple[str, int | None], width: int) -> Value | None:
         kind, addr = where
         if kind == "stack":
             return read_stack(state, LAYOUT, addr, width)
+        if kind == "wdf":
+            # [table + 8k]: the function in slot k
+            return ("wdf", addr // 8) if width == 8 and addr >= 0 and addr % 8 == 0 else None
         if kind == "abs":
             rva = addr - self.base if addr >= self.base else addr
-            if width == 8 and rva in self.imports:
-                return ("imp", self.imports[rva])
+            if width == 8:
+                if rva in self.imports:
+                    return ("imp", self.imports[rva])
+                if rva in self.guard:
+                    return self.guard[rva]
+                if rva in self.runtime_slots:
+                    return ("imp", self.runtime_slots[rva])
+                if rva in self.wdf_tables:
+                    return WDF_TABLE
             if self.image.is_readonly_data(rva):
                 raw = self.image.read(rva, width)
                 if len(raw) == width:
@@ -275,7 +333,9 @@ class Arm64Semantics:
             self._load_insn(state, mnem, ops)
         elif mnem in _PLAIN_STORES:
             self._store_insn(state, mnem, ops)
-        elif mnem in ("bl", "blr", "blraa", "blrab", "blraaz", "blrabz"):
+        elif mnem in ("bl", "blr"):
+            self._call(state, insn)
+        elif mnem in ("blraa", "blrab", "blraaz", "blrabz"):
             self._clobber(state)
         elif mnem in _NO_WRITE or mnem in _TERMINATORS or mnem == "b" \
                 or mnem.startswith(_COND_BRANCH):
@@ -301,6 +361,8 @@ class Arm64Semantics:
             b <<= shift
         if shift is None:
             self.set(state, ops[0], None)
+        elif b == 0 and mnem in ("add", "sub", "orr", "eor") and a is not None:
+            self.set(state, ops[0], a)  # MSVC moves registers with `add xD, xS, #0`
         elif isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) \
                 and mnem in ("add", "sub"):
             self.set(state, ops[0], ("sp", a[1] + (b if mnem == "add" else -b)))
@@ -350,6 +412,11 @@ class Arm64Semantics:
                 write_stack(state, LAYOUT, where[1] + k * width, width,
                             self.operand(state, src) if src in REGS or src in ZERO_REGS
                             else None)
+        elif where[0] == "abs" and width == 8 and len(sources) == 1:
+            value = self.operand(state, sources[0])
+            if isinstance(value, tuple) and value[0] == ROUTINE:
+                # The global that keeps a looked-up pool API: calls through it call the API.
+                self.runtime_slots[self._rva(where[1])] = value[1]
         elif where[0] == "other":
             base = ops[mem].strip().rstrip("!")[1:-1].split(",")[0].strip()
             if REGS.get(base, ("",))[0] == "sp":
@@ -358,9 +425,77 @@ class Arm64Semantics:
             self._writeback(state, ops, mem)
 
     @staticmethod
-    def _clobber(state: State) -> None:
-        for reg in VOLATILE:
+    def _clobber(state: State, regs: tuple[str, ...] = VOLATILE) -> None:
+        for reg in regs:
             state.regs.pop(reg, None)
+
+    def _call(self, state: State, insn: Insn) -> None:
+        """bl/blr: a CFG check keeps the argument registers; MmGetSystemRoutineAddress and
+        RtlInitUnicodeString have the effects modelled below; any other call clobbers the
+        volatile registers."""
+        text = insn.op_str.strip()
+        raw = self.get(state, text) if text in REGS else None
+        if raw == GUARD_CHECK:
+            self._clobber(state, GUARD_CHECK_CLOBBERS)
+            return
+        result = None
+        if self.modelled_calls:
+            target = self.import_called(self.call_target(state, insn))
+            if target == ("imp", ROUTINE_LOOKUP_IMPORT):
+                name = self._routine_name(state)
+                if name in RUNTIME_LOOKUP_APIS:
+                    result = (ROUTINE, name)
+            elif target == ("imp", STRING_INIT_IMPORT):
+                self._init_unicode_string(state)
+        self._clobber(state)
+        if result is not None:
+            state.regs["x0"] = result
+
+    # --- pointers filled at run time --------------------------------------------------------
+    def import_called(self, target: Value | None) -> Value | None:
+        """A call target with the thunks of the modelled imports seen as the import."""
+        if isinstance(target, int) and target in self.modelled_thunks:
+            return ("imp", self.modelled_thunks[target])
+        return target
+
+    def _rva(self, value: int) -> int:
+        """An address as an RVA: adrp/adr give RVAs, pointers stored in the image are VAs."""
+        return value - self.base if value >= self.base else value
+
+    def _init_unicode_string(self, state: State) -> None:
+        """RtlInitUnicodeString(&us, source) on a stack UNICODE_STRING: its Buffer (+8) is
+        source afterwards; Length and MaximumLength are not needed."""
+        us, source = state.regs.get("x0"), state.regs.get("x1")
+        if isinstance(us, tuple) and us[0] == "sp":
+            write_stack(state, LAYOUT, us[1], 8, None)
+            write_stack(state, LAYOUT, us[1] + 8, 8, source if isinstance(source, int) else None)
+
+    def _routine_name(self, state: State) -> str | None:
+        """The name MmGetSystemRoutineAddress is asked for: x0 points at a UNICODE_STRING on
+        the stack or in the image, whose Buffer (+8) points at UTF-16 text in the image."""
+        us = state.regs.get("x0")
+        if isinstance(us, tuple) and us[0] == "sp":
+            buffer = read_stack(state, LAYOUT, us[1] + 8, 8)
+        elif isinstance(us, int):
+            buffer = self.image.read_u64(self._rva(us) + 8)
+        else:
+            return None
+        if not isinstance(buffer, int):
+            return None
+        raw = self.image.read(self._rva(buffer), 2 * MAX_NAME_CHARS)
+        text = raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
+        return text if text.isidentifier() else None
+
+    def note_wdf_bind(self, bind_info: Value | None) -> None:
+        """WdfVersionBind's BindInfo argument: remember the WdfFunctions variable that its
+        FuncTable field points at, wherever it lies in the image's virtual memory (MSVC puts
+        it in the zero-filled tail of .data, which the file does not hold)."""
+        if not isinstance(bind_info, int):
+            return
+        table = self.image.read_u64(self._rva(bind_info) + WDF_BIND_INFO_FUNC_TABLE[64])
+        if table is not None and table >= self.base and in_virtual_image(self.image,
+                                                                          table - self.base):
+            self.wdf_tables.add(table - self.base)
 
     # --- control flow -----------------------------------------------------------------------
     @staticmethod
@@ -378,19 +513,29 @@ class Arm64Semantics:
         return Flow()
 
     def call_target(self, state: State, insn: Insn) -> Value | None:
-        """Where bl/blr/b/br goes: ('imp', api), an int RVA for local code, or None."""
+        """Where bl/blr/b/br goes: ('imp', api), ('wdf', slot), an int RVA for local code, or
+        None (a CFG check is no call of its own: the code calls the target after it)."""
         text = insn.op_str.strip()
         if insn.mnemonic in ("bl", "b"):
             return _imm(text)
         value = self.get(state, text) if text in REGS else None
+        if value == GUARD_CHECK:
+            return None
+        if isinstance(value, tuple) and value[0] == GUARD_DISPATCH:
+            value = self.get(state, value[1])  # the dispatch stub branches to the target
+        if isinstance(value, tuple) and value[0] == ROUTINE:
+            return ("imp", value[1])  # called right after the lookup, without a reload
         if isinstance(value, int):
             rva = value - self.base if value >= self.base else value
             return rva if 0 <= rva < self.image.size_of_image else None
+        if value == WDF_TABLE:
+            return None
         return value
 
-    def call_args(self, state: State) -> list[Value | None]:
+    def call_args(self, state: State, target: Value | None = None) -> list[Value | None]:
         """Argument values at a call or tail branch (the return address is in lr, so stack
-        arguments are at the same place for both)."""
+        arguments are at the same place for both). For a WDF API whose tag is a structure
+        field, the field stands where the structure pointer was."""
         args: list[Value | None] = [state.regs.get(r) for r in ARG_REGS]
         sp = state.regs.get("sp")
         for k in range(len(ARG_REGS), MAX_ARGS):
@@ -401,7 +546,61 @@ class Arm64Semantics:
                 args.append(value if value is not None else read_stack(state, LAYOUT, offset, 4))
             else:
                 args.append(None)
+        if isinstance(target, tuple) and target[0] == "wdf":
+            api = WDF_APIS_BY_INDEX.get(target[1])
+            if api is not None and api.tag_field is not None and api.tag_arg is not None:
+                args[api.tag_arg] = self._field(state, args[api.tag_arg], api.tag_field[0])
         return args
+
+    def _field(self, state: State, pointer: Value | None, offset: int) -> Value | None:
+        """The ULONG at pointer + offset: a structure on our stack, or in read-only data."""
+        if isinstance(pointer, tuple) and pointer[0] == "sp":
+            where = pointer[1] + offset
+            value = read_stack(state, LAYOUT, where, 4)
+            if value is None and where - 4 in state.stack:
+                # The upper half of a doubleword store (`str xN` or `stp xA, xB`).
+                width, whole = state.stack[where - 4]
+                if width == 8 and isinstance(whole, int):
+                    value = (whole >> 32) & MASK32
+            return value
+        if isinstance(pointer, int) and self.image.is_readonly_data(self._rva(pointer) + offset):
+            return self.image.read_u32(self._rva(pointer) + offset)
+        return None
+
+
+def _guard_pointers(image) -> dict[int, Value]:
+    """The CFG pointers of the load config, each by the stub it points at in the file: `br xN`
+    is the dispatch stub (the call goes to xN), `ret` the check stub."""
+    out: dict[int, Value] = {}
+    for slot in sorted(image.guard_dispatch_slots):
+        pointer = image.read_u64(slot)
+        if pointer is None or pointer < image.image_base:
+            continue
+        word = image.read_u32(pointer - image.image_base)
+        if word is None:
+            continue
+        if word == 0xD65F03C0:  # ret
+            out[slot] = GUARD_CHECK
+        elif word & 0xFFFFFC1F == 0xD61F0000:  # br xN
+            out[slot] = (GUARD_DISPATCH, f"x{(word >> 5) & 31}")
+    return out
+
+
+def in_virtual_image(image, rva: int) -> bool:
+    """Whether rva lies in a section's virtual range: the raw data, or the zero-filled memory
+    past it (uninitialised globals). A section's virtual end is its virtual size when the
+    image records it, else where the next section (or the image) begins."""
+    if not 0 <= rva < image.size_of_image:
+        return False
+    sections = sorted(image.sections, key=lambda s: s.rva)
+    for i, section in enumerate(sections):
+        end = sections[i + 1].rva if i + 1 < len(sections) else image.size_of_image
+        vsize = getattr(section, "virtual_size", None)
+        if vsize:
+            end = min(end, section.rva + vsize)
+        if section.rva <= rva < max(end, section.rva + section.size):
+            return True
+    return False
 
 
 _REG_CLASS_WIDTH = {"w": 4, "x": 8, "q": 16, "v": 16, "d": 8, "s": 4, "h": 2, "b": 1}
@@ -426,6 +625,25 @@ def _sext(value: np.ndarray, bits: int) -> np.ndarray:
     return (value ^ sign) - sign
 
 
+def _page_refs(w, pc, ai, page, rd, is_ref, targets: set[int]) -> list[int]:
+    """RVAs of the words marked is_ref (LDR Xt, [Xn, #imm12*8], or ADD Xd, Xn, #imm12) whose
+    base register's nearest ADRP before them (within ADRP_LOOKBACK) makes an address in
+    targets."""
+    ri = np.flatnonzero(is_ref)
+    word = w[ri]
+    scale = np.where((word & 0xFFC00000) == 0xF9400000, 8, 1)
+    offset = ((word >> 10) & 0xFFF) * scale
+    keep = np.isin(offset, np.array(sorted({t & 0xFFF for t in targets}), dtype=np.int64))
+    out = []
+    for j, off in zip(ri[keep].tolist(), offset[keep].tolist(), strict=True):
+        lo = int(np.searchsorted(ai, j - ADRP_LOOKBACK))
+        hi = int(np.searchsorted(ai, j))
+        same = np.flatnonzero(rd[lo:hi] == ((int(w[j]) >> 5) & 31))
+        if len(same) and int(page[lo + same[-1]]) + off in targets:
+            out.append(int(pc[j]))
+    return out
+
+
 class Arm64Backend:
     """Finds candidate functions with numpy over the instruction words and analyses one
     function at a time."""
@@ -443,6 +661,10 @@ class Arm64Backend:
         }
         self._thunks: dict[int, str] = {}
         self._adrp_hits: list[int] = []
+        # IAT slots of the imports that fill pointers at run time, and references to them.
+        self.resolver_slots = {slot for slot, name in image.imports.items()
+                               if name in RESOLVER_IMPORTS}
+        self._resolver_hits: list[int] = []
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
         self._scan_code()
@@ -450,6 +672,7 @@ class Arm64Backend:
         self._known_starts = np.unique(np.concatenate([
             self._bl_targets, np.array(sorted(self._thunks), dtype=np.int64),
             np.array(sorted(image.exports), dtype=np.int64)]))
+        self._resolve_pointers()
 
     # --- word-pattern pass ------------------------------------------------------------------
     def _scan_code(self) -> None:
@@ -481,6 +704,9 @@ class Arm64Backend:
                 sel = np.isin(page, pool_pages)
                 self._adrp_candidates(w, is_ldr, ai[sel], page[sel], rd[sel], pool_slots, pc)
             thunks.extend(self._find_thunks(w, is_ldr, ai, page, rd, all_slots, pc))
+            if self.resolver_slots:
+                self._resolver_hits.extend(
+                    _page_refs(w, pc, ai, page, rd, is_ldr, self.resolver_slots))
             # BL / B imm26
             is_branch = ((w & 0xFC000000) == 0x94000000) | ((w & 0xFC000000) == 0x14000000)
             bi = np.flatnonzero(is_branch)
@@ -548,6 +774,65 @@ class Arm64Backend:
                  & np.isin(slot, all_slots))
         return [(int(pc[i]), s) for i, s in zip(ai[match].tolist(), slot[match].tolist(),
                                                  strict=True)]
+
+    # --- pointers filled at run time ----------------------------------------------------------
+    def _resolve_pointers(self) -> None:
+        """First pass over the functions that call MmGetSystemRoutineAddress or
+        WdfVersionBind: the semantics learn which globals hold pool APIs (as a side effect of
+        the analysis) and where WdfFunctions is; the functions that load those globals become
+        candidates (for WdfFunctions only those that also load a pool API's table slot)."""
+        sem = self.semantics
+        sem.modelled_thunks = {rva: name for rva, name in self._thunks.items()
+                               if name in MODELLED_IMPORTS}
+        sites = list(self._resolver_hits)
+        sites += self.calls.callers_of_any(
+            rva for rva, name in sem.modelled_thunks.items() if name in RESOLVER_IMPORTS)
+        if not sites:
+            return
+        functions = dict.fromkeys(f for f in map(self.function_of, sites) if f is not None)
+        for function in functions:
+            for event in self.analyse(function):
+                target = sem.import_called(event.target)
+                if target == ("imp", WDF_BIND_IMPORT) and len(event.args) > 2:
+                    sem.note_wdf_bind(event.args[2])
+        if sem.runtime_slots:
+            self._adrp_hits.extend(self._references(set(sem.runtime_slots)))
+        if sem.wdf_tables:
+            table_users = {self.function_of(rva) for rva in self._references(sem.wdf_tables)}
+            for rva in self._wdf_slot_loads():
+                if self.function_of(rva) in table_users:
+                    self._adrp_hits.append(rva)
+
+    def _words(self):
+        """(words, their RVAs, ADRP indexes, pages, destination registers) per code section."""
+        for section in self.image.code_sections:
+            n = section.size // 4
+            if section.rva % 4 or n == 0:
+                continue
+            w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
+            pc = section.rva + 4 * np.arange(n, dtype=np.int64)
+            ai = np.flatnonzero((w & 0x9F000000) == 0x90000000)
+            imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
+            page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
+            yield w, pc, ai, page, w[ai] & 31
+
+    def _references(self, targets: set[int]) -> list[int]:
+        """RVAs of the `ldr xN, [xM, #off]` / `add xN, xM, #off` after an ADRP that address
+        one of targets."""
+        out: list[int] = []
+        for w, pc, ai, page, rd in self._words():
+            is_ref = ((w & 0xFFC00000) == 0xF9400000) | ((w & 0xFFC00000) == 0x91000000)
+            out.extend(_page_refs(w, pc, ai, page, rd, is_ref, targets))
+        return out
+
+    def _wdf_slot_loads(self) -> list[int]:
+        """RVAs of `ldr xN, [xM, #8k]` for the WDF table slots k of pool APIs."""
+        wanted = np.array(sorted(WDF_APIS_BY_INDEX), dtype=np.int64)
+        out: list[int] = []
+        for w, pc, _ai, _page, _rd in self._words():
+            is_ldr = (w & 0xFFC00000) == 0xF9400000
+            out.extend(pc[is_ldr & np.isin((w >> 10) & 0xFFF, wanted)].tolist())
+        return out
 
     # --- Backend protocol -------------------------------------------------------------------
     def local_apis(self) -> dict[int, str]:
@@ -618,7 +903,8 @@ class Arm64Backend:
             target = sem.call_target(state, insn)
             if target is None:
                 return
-            events.append(CallEvent(insn.address, function, target, tuple(sem.call_args(state))))
+            events.append(CallEvent(insn.address, function, target,
+                                    tuple(sem.call_args(state, target))))
 
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # Inside a .pdata function a block no edge reaches is a switch case (reached through
