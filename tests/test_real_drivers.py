@@ -66,12 +66,11 @@ def tag(text: str) -> int:
     return int.from_bytes(text.encode("ascii"), "little")
 
 
-# The idioms the scanner does not follow yet (xfail reasons). Proven since SCANNER_VERSION 6 and
-# no longer marked: NBL pool parameters on x64 (0x28f4, in the chained fragment 0x2883 whose
-# frame pointer rbp = rsp+0x100 is set in the primary part 0x27c0) and x86; ViGEmBus's KMDF
-# calls, whose WdfFunctions lies in the virtual tail of .data (past SizeOfRawData).
-NBL_PARAMS = ("issue 9: NdisAllocateNetBufferListPool's tag is NET_BUFFER_LIST_POOL_PARAMETERS"
-              ".PoolTag (offset 8) of a structure filled on the stack (ARM64: not read yet)")
+# The idioms the scanner does not follow yet are marked with `missed` (a strict xfail reason).
+# None is left since SCANNER_VERSION 6, which proves the NBL pool parameters on all three
+# architectures (x64 0x28f4 lies in the chained fragment 0x2883, whose frame pointer rbp =
+# rsp+0x100 is set in the primary part 0x27c0) and ViGEmBus's KMDF calls, whose WdfFunctions
+# lies in the virtual tail of .data (past SizeOfRawData).
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ WINTUN_ARM64 = [
     Expect(0x2D0C, ALLOC, WTUN, "call", 1, None),
     _free(0x2E70, "wtun"),
     Expect(0x2FB4, ALLOC, WTUN, "call", 0x600, 0x1F0),
-    Expect(0x30C4, NBL_POOL, WTUN, "tagged-api", missed=NBL_PARAMS),
+    Expect(0x30C4, NBL_POOL, WTUN, "tagged-api"),
     _free(0x3284, "wtun"),
     _free(0x337C, "wtun"),
 ]

@@ -148,7 +148,9 @@ def test_sixteen_byte_copies_of_read_only_data_reach_the_stack_and_nothing_stale
     for clobber in (("xorps", "xmm0, xmm0"), ("call", "0x1800"),
                     ("vmovdqu", "ymm0, ymmword ptr [rcx]")):
         _, state, _ = _run([copy, clobber, ("movaps", "xmmword ptr [rsp + 0x30], xmm0")])
-        assert not any(v for _, v in state.stack.values()), clobber
+        # Only the caller's argument slots of the entry state hold something.
+        assert not any(v for _, v in state.stack.values()
+                       if not (isinstance(v, tuple) and v[0] == "arg")), clobber
 
 
 def test_the_string_instruction_movsd_is_no_vector_move_and_movq_to_a_register_is_unknown():

@@ -51,18 +51,23 @@ from ..apis import (
     WDF_APIS_BY_INDEX,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    structured_api,
 )
-from .dataflow import Flow, Insn, State, Value, run
+from .dataflow import Flow, Insn, State, Value, join, run
 from .finder import CallEvent
 from .frames import (
+    FIELD,
+    GLOBAL,
     CallIndex,
     FrameLayout,
     entry_state,
     narrow,
     read_stack,
+    stack_fields,
     without_args,
     write_stack,
 )
+from .structs import structure_tag
 
 MASK64 = (1 << 64) - 1
 MASK32 = 0xFFFFFFFF
@@ -103,6 +108,13 @@ _ALU = {
     "eor": lambda a, b: a ^ b,
     "lsl": lambda a, b: a << (b & 63),
     "lsr": lambda a, b: a >> (b & 63),
+}
+# Conditional selects: the result is the first source or, changed like this, the second.
+_SELECTS = {
+    "csel": lambda b: b,
+    "csinc": lambda b: b + 1,
+    "csinv": lambda b: ~b,
+    "csneg": lambda b: -b,
 }
 _NO_WRITE = {"cmp", "cmn", "tst", "ccmp", "ccmn", "fcmp", "fcmpe", "fccmp", "fccmpe", "nop",
              "dmb", "dsb", "isb", "hint", "prfm", "prfum", "msr", "sys", "tlbi", "dc", "ic", "at",
@@ -223,8 +235,8 @@ class Arm64Semantics:
         family, bits = reg
         if isinstance(value, int):
             value &= MASK32 if bits == 32 else MASK64  # a w write zero-extends
-        elif bits == 32 and not (isinstance(value, tuple) and value[0] == "arg"):
-            value = None
+        elif bits == 32:
+            value = narrow(value, 32, 64)  # ULONG arguments, globals and fields stay
         if value is None:
             state.regs.pop(family, None)
         else:
@@ -249,16 +261,20 @@ class Arm64Semantics:
             disp = value
         if isinstance(base, tuple) and base[0] == "sp":
             return ("stack", base[1] + disp)
+        if isinstance(base, tuple) and base[0] == "arg":
+            return (("field", base[1]), disp)  # a structure the caller passed by pointer
         if isinstance(base, int):
             return ("abs", (base + disp) & MASK64)
         if base == WDF_TABLE:
             return ("wdf", disp)
         return ("other", None)
 
-    def _load(self, state: State, where: tuple[str, int | None], width: int) -> Value | None:
+    def _load(self, state: State, where: tuple, width: int) -> Value | None:
         kind, addr = where
         if kind == "stack":
             return read_stack(state, LAYOUT, addr, width)
+        if isinstance(kind, tuple):  # ("field", k): a ULONG field of argument k's structure
+            return (FIELD, kind[1], addr) if width == 4 else None
         if kind == "wdf":
             # [table + 8k]: the function in slot k
             return ("wdf", addr // 8) if width == 8 and addr >= 0 and addr % 8 == 0 else None
@@ -277,6 +293,9 @@ class Arm64Semantics:
                 raw = self.image.read(rva, width)
                 if len(raw) == width:
                     return int.from_bytes(raw, "little")
+            elif width in (4, 8) and self.image.is_writable_data(rva):
+                # A run-time value: never its initial bytes, which the driver may replace.
+                return (GLOBAL, rva)
         return None
 
     def _writeback(self, state: State, ops: tuple[str, ...], mem_index: int) -> None:
@@ -329,6 +348,12 @@ class Arm64Semantics:
             self.set(state, ops[0], _imm(ops[1]))
         elif mnem in _ALU and len(ops) >= 3:
             self._alu(state, mnem, ops)
+        elif mnem in _SELECTS and len(ops) >= 3:
+            # Either source, as the condition picks: csinc/csinv/csneg change the second.
+            second = self.operand(state, ops[2])
+            if mnem != "csel":
+                second = _SELECTS[mnem](second) if isinstance(second, int) else None
+            self.set(state, ops[0], join(self.operand(state, ops[1]), second))
         elif mnem in _PLAIN_LOADS:
             self._load_insn(state, mnem, ops)
         elif mnem in _PLAIN_STORES:
@@ -546,10 +571,10 @@ class Arm64Semantics:
                 args.append(value if value is not None else read_stack(state, LAYOUT, offset, 4))
             else:
                 args.append(None)
-        if isinstance(target, tuple) and target[0] == "wdf":
-            api = WDF_APIS_BY_INDEX.get(target[1])
-            if api is not None and api.tag_field is not None and api.tag_arg is not None:
-                args[api.tag_arg] = self._field(state, args[api.tag_arg], api.tag_field[0])
+        api = structured_api(target)
+        if api is not None and api.tag_arg is not None:
+            args[api.tag_arg] = structure_tag(api, state, args[api.tag_arg], 64, self._field,
+                                              self.image, self._rva)
         return args
 
     def _field(self, state: State, pointer: Value | None, offset: int) -> Value | None:
@@ -566,6 +591,17 @@ class Arm64Semantics:
         if isinstance(pointer, int) and self.image.is_readonly_data(self._rva(pointer) + offset):
             return self.image.read_u32(self._rva(pointer) + offset)
         return None
+
+
+def _in_functions(funcs: np.ndarray, rvas: np.ndarray) -> np.ndarray:
+    """Which of rvas lie in a .pdata function [begin, end)."""
+    if not len(funcs) or not len(rvas):
+        return np.zeros(len(rvas), dtype=bool)
+    i = np.searchsorted(funcs[:, 0], rvas, side="right") - 1
+    ok = i >= 0
+    out = np.zeros(len(rvas), dtype=bool)
+    out[ok] = rvas[ok] < funcs[i[ok], 1]
+    return out
 
 
 def _guard_pointers(image) -> dict[int, Value]:
@@ -714,7 +750,13 @@ class Arm64Backend:
             inside = (target >= code_lo) & (target < code_hi)
             srcs.append(pc[bi][inside])
             dsts.append(target[inside])
-            bls.append(target[inside & ((w[bi] & 0xFC000000) == 0x94000000)])
+            is_bl = (w[bi] & 0xFC000000) == 0x94000000
+            bls.append(target[inside & is_bl])
+            # A `b` from a .pdata function to code outside every .pdata function is a tail
+            # call into a leaf function (which has no .pdata entry): a function start too.
+            tail = inside & ~is_bl & _in_functions(self.image.functions, pc[bi]) \
+                & ~_in_functions(self.image.functions, target)
+            bls.append(target[tail])
         if srcs:
             self.calls = CallIndex(srcs, dsts)
             self._bl_targets = np.unique(np.concatenate(bls))
@@ -882,6 +924,10 @@ class Arm64Backend:
         self.regions.setdefault(start, (max(end, rva + 4), fresh, False))
         return start
 
+    def constant_field(self, pointer: int, offset: int) -> Value | None:
+        """The ULONG at pointer + offset when the pointer is a constant into read-only data."""
+        return self.semantics._field(State(), pointer, offset)
+
     def analyse(self, function: int) -> list[CallEvent]:
         end, fresh, has_pdata = self.regions[function]
         code = self.image.read(function, end - function)
@@ -903,8 +949,9 @@ class Arm64Backend:
             target = sem.call_target(state, insn)
             if target is None:
                 return
-            events.append(CallEvent(insn.address, function, target,
-                                    tuple(sem.call_args(state, target))))
+            args = sem.call_args(state, target)
+            fields = stack_fields(state, args) if isinstance(target, int) else ()
+            events.append(CallEvent(insn.address, function, target, tuple(args), fields))
 
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # Inside a .pdata function a block no edge reaches is a switch case (reached through

@@ -24,7 +24,16 @@ import numpy as np
 from ..apis import APIS_BY_IMPORT
 from .dataflow import Flow, Insn, State, Value, join, members, one_of
 from .finder import CallEvent
-from .frames import CallIndex, FrameLayout, narrow, read_stack, stack_fields, write_stack
+from .frames import (
+    FIELD,
+    GLOBAL,
+    CallIndex,
+    FrameLayout,
+    narrow,
+    read_stack,
+    stack_fields,
+    write_stack,
+)
 
 # --- registers --------------------------------------------------------------------------------
 # The eight legacy registers by their 16-bit name, with their byte halves (low, high).
@@ -523,11 +532,6 @@ class IntelSemantics:
             target = direct_target(insn.op_str)
             return Flow((target,) if target is not None else (), True)
         return Flow()
-
-
-# --- symbolic values --------------------------------------------------------------------------
-GLOBAL = "glob"  # ("glob", rva): the value of writable image memory at rva, read at run time
-FIELD = "field"  # ("field", k, offset): the ULONG at offset in the structure argument k points at
 
 
 # --- pool APIs looked up by name at run time --------------------------------------------------
