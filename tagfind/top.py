@@ -206,20 +206,23 @@ def render_csv(rows: Sequence[TopRow]) -> str:
 
 
 # --- glue ---------------------------------------------------------------------------------------
-def load_counters(opts: dict[str, Any]) -> tuple[list[TopRow], dict[str, Any], list[str]]:
-    """Counter rows from --diff, --pool-file or the live system; raises PoolSourceError."""
+def load_counters(
+    pool_file: str | None = None, diff: Sequence[str] | None = None
+) -> tuple[list[TopRow], dict[str, Any], list[str]]:
+    """Counter rows from two files (OLD, NEW) to diff, one pool file or the live system;
+    raises PoolSourceError."""
     from . import pool
 
     warnings: list[str] = []
-    if opts.get("diff"):
-        old, new = (pool.load_pool_file(p) for p in opts["diff"])
+    if diff:
+        old, new = (pool.load_pool_file(p) for p in diff)
         for snap in (old, new):
             warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
         growth = pool.diff_snapshots(old, new)
         meta = {"source": [old.source, new.source], "mode": "diff"}
         return rows_from_growth(growth), meta, warnings
-    if opts.get("pool_file"):
-        snap = pool.load_pool_file(opts["pool_file"])
+    if pool_file:
+        snap = pool.load_pool_file(pool_file)
     else:
         snap = pool.read_live_pool()
     warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
