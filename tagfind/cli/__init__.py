@@ -13,17 +13,26 @@ Every error is one line on stderr; no traceback reaches the user.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 import click
 
 from .. import __version__
-from .errors import EXIT_ERROR, EXIT_FOUND, EXIT_NOTHING, Fatal
+from .errors import (
+    EXIT_ERROR,
+    EXIT_FOUND,
+    EXIT_INTERRUPTED,
+    EXIT_NOTHING,
+    Fatal,
+    Interrupted,
+    os_error_text,
+)
 from .query import query_cmd
 from .snapshot import snapshot_cmd
 
-__all__ = ["EXIT_ERROR", "EXIT_FOUND", "EXIT_NOTHING", "Fatal", "cli", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_FOUND", "EXIT_INTERRUPTED", "EXIT_NOTHING", "Fatal", "cli", "main"]
 
 
 class DefaultGroup(click.Group):
@@ -52,17 +61,38 @@ cli.add_command(snapshot_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: like click's standalone mode, but a usage error is one line."""
+    """Console entry point: like click's standalone mode, but every error is one line, Ctrl-C
+    exits 130, and a failure to write the output (a full disk, a closed pipe) is said in
+    words."""
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="tagfind",
                         standalone_mode=False)
+        sys.stdout.flush()
     except click.UsageError as exc:
         click.echo(f"tagfind: error: {exc.format_message()} (see tagfind --help)", err=True)
-        sys.exit(EXIT_ERROR)
+        code = EXIT_ERROR
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("tagfind: error: interrupted", err=True)
-        sys.exit(EXIT_ERROR)
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        Interrupted().show()
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:  # `tagfind ... | head`: the reader has all it wanted
+        _drop_stdout()
+        code = EXIT_ERROR
+    except OSError as exc:
+        _drop_stdout()
+        click.echo(f"tagfind: error: cannot write the output: {os_error_text(exc)}", err=True)
+        code = EXIT_ERROR
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of what could not be
+    written does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
