@@ -40,6 +40,20 @@ _UNSEEN = object()
 _SECTION_MEMO = 1 << 16  # addresses whose section is remembered (the scanner asks repeatedly)
 
 
+class _PE(pefile.PE):
+    """pefile.PE, minus one bug: while reading the section table, a section named PAGE that is
+    both writable and executable makes pefile call is_driver() to choose a warning, and that
+    reads the imports before the sections and headers are set up, raising AttributeError
+    ('SectionStructure' object has no attribute 'next_section_virtual_address', or no
+    'header'). Such a section is plausible in a real driver, so during parsing is_driver()
+    answers True (the warning is skipped, as for drivers); afterwards it is pefile's."""
+
+    def is_driver(self) -> bool:
+        if "header" not in self.__dict__:  # still inside __parse__
+            return True
+        return super().is_driver()
+
+
 class PEError(Exception):
     """The file is not a PE image we can read; the message is one line for the user."""
 
@@ -77,9 +91,12 @@ class PEImage:
         if len(data) < 64 or data[:2] != b"MZ":
             raise PEError("not a PE file (no MZ header)")
         try:
-            pe = pefile.PE(data=data, fast_load=True)
+            pe = _PE(data=data, fast_load=True)
         except pefile.PEFormatError as exc:
             raise PEError(f"not a valid PE file: {exc.value}") from None
+        except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+            # pefile's own bugs on damaged headers: the section table is what it walks here.
+            raise PEError("damaged PE: the section table cannot be read") from None
         self.machine = pe.FILE_HEADER.Machine
         self.arch = MACHINES.get(self.machine)
         self.image_base = pe.OPTIONAL_HEADER.ImageBase

@@ -26,6 +26,7 @@ GENERIC_TAGS = frozenset(
      "Toke", "Thre", "Io  ", "Vad ", "ObNm", "Se  "}
 )
 MANY_DRIVERS = 5
+JSON_SCHEMA = 1  # the "schema" field of every query's JSON document (docs/json.md)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TagDriverRow:
     arch: str | None
     evidence: str
     sites: list[SiteView] = field(default_factory=list)
-    pool: str = "-"  # paged | nonpaged | paged+nonpaged | -
+    pool: str | None = None  # paged | nonpaged | paged+nonpaged; None: not provable
     pooltag_owner: str | None = None
     pooltag_description: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -73,7 +74,7 @@ def _site_view(site: Any) -> SiteView:
                     list(getattr(site, "runtime", ())))
 
 
-def _paging_summary(sites: Iterable[Any]) -> str:
+def _paging_summary(sites: Iterable[Any]) -> str | None:
     kinds = set()
     for site in sites:
         api = POOL_APIS.get(site.api)
@@ -83,7 +84,7 @@ def _paging_summary(sites: Iterable[Any]) -> str:
         if paging:
             kinds.add(paging)
     if not kinds:
-        return "-"
+        return None
     return "+".join(sorted(kinds, key=lambda k: k != "paged"))
 
 
@@ -180,7 +181,7 @@ def _table_cells(row: TagDriverRow) -> list[str]:
     if row.pooltag_description:
         owner = f"{owner} - {row.pooltag_description}"
     return [row.tag, row.driver, row.evidence, str(len(row.sites)) if row.sites else "-",
-            row.pool, owner, row.path]
+            row.pool or "-", owner, row.path]
 
 
 def render_table(rows: Sequence[TagDriverRow], verbose: bool = False) -> str:
@@ -229,7 +230,7 @@ def _json_row(row: TagDriverRow) -> dict[str, Any]:
 
 
 def render_json(rows: Sequence[TagDriverRow], extra: dict[str, Any] | None = None) -> str:
-    payload: dict[str, Any] = {"rows": [_json_row(r) for r in rows]}
+    payload: dict[str, Any] = {"schema": JSON_SCHEMA, "rows": [_json_row(r) for r in rows]}
     if extra:
         payload.update(extra)
     return json.dumps(payload, indent=2)
@@ -245,7 +246,7 @@ def render_csv(rows: Sequence[TagDriverRow]) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([r.tag, f"0x{r.tag_value:08x}", r.driver, r.path, r.arch or "",
-                         r.evidence, len(r.sites), r.pool, r.pooltag_owner or "",
+                         r.evidence, len(r.sites), r.pool or "-", r.pooltag_owner or "",
                          r.pooltag_description or "", "; ".join(r.notes),
                          " ".join(f"0x{s.rva:x}" for s in r.sites)])
     return out.getvalue()

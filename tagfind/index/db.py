@@ -84,6 +84,12 @@ def default_index_path() -> Path:
     override = os.environ.get("TAGFIND_INDEX")
     if override:
         return Path(override)
+    return cache_index_path()
+
+
+def cache_index_path() -> Path:
+    """index.sqlite3 in the user's cache directory: the one place whose folder tagfind creates
+    (a folder the user named must exist)."""
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("tagfind", appauthor=False)) / "index.sqlite3"
@@ -149,12 +155,7 @@ class Database:
             delay = min(delay * 2, 0.5)
 
     def _connect_and_check(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise IndexUnavailable(
-                f"cannot create index directory {self.path.parent}: {exc.strerror or exc}"
-            ) from None
+        self._ensure_folder()
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         self._conn = conn
         try:
@@ -168,6 +169,21 @@ class Database:
         except BaseException:
             self.close()
             raise
+
+    def _ensure_folder(self) -> None:
+        parent = self.path.parent
+        if parent.is_dir():
+            return
+        if self.path != cache_index_path():
+            what = "is not a folder" if parent.exists() else "does not exist"
+            raise IndexUnavailable(f"cannot use index {self.path}: the folder {parent} {what} "
+                                   "(tagfind creates only its default cache folder)")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexUnavailable(
+                f"cannot create index directory {parent}: {exc.strerror or exc}"
+            ) from None
 
     def _ensure_schema(self, conn: sqlite3.Connection) -> None:
         tables = _table_names(conn)
@@ -319,6 +335,8 @@ def _place_problem(path: Path) -> str | None:
         space = os.statvfs(path.parent)
     except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
         return None
+    if space.f_blocks == 0:  # /proc, /sys: no storage at all, not a full disk
+        return f"{path.parent} is a virtual file system that holds no files"
     free = space.f_bavail * space.f_frsize
     if free == 0:
         return f"no space left in {path.parent}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -246,6 +247,7 @@ class Index(Database):
 def sqlite_glob(pattern: str) -> str:
     """A tag pattern (tags.pattern_matches semantics) as a SQLite GLOB pattern: '[' is a
     literal in tags, and a short pattern without '*' is padded with spaces like a short tag."""
+    pattern = re.sub(r"\*+", "*", pattern)  # '**...*' is '*' (and SQLite refuses long ones)
     if "*" not in pattern and len(pattern) < 4:
         pattern = pattern.ljust(4)
     return pattern.replace("[", "[[]")

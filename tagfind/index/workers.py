@@ -92,14 +92,33 @@ class _ScanTimeout(BaseException):
     `except Exception` does not swallow it."""
 
 
+def import_scanner() -> None:
+    """Import everything a scan may import (the scanner, every architecture's backend, numpy,
+    capstone, pefile), so that no import runs under a time limit: an import cut short by the
+    alarm leaves a half-initialised module behind (numpy without `nonzero`) for the rest of
+    the process."""
+    import importlib
+
+    for name in _SCANNER_MODULES:
+        importlib.import_module(name, __package__)
+
+
+_SCANNER_MODULES = ("..scan", "..scan.x64", "..scan.x86", "..scan.arm64", "..bytefilter",
+                    "..limits", "numpy", "capstone", "pefile")
+
+
 class _InProcess:
     """Scans one file after another in this process. The time limit holds only where SIGALRM
-    exists and this is the main thread; elsewhere it is not enforced."""
+    exists and this is the main thread; elsewhere it is not enforced. The scanner is imported
+    before the first alarm is armed, and an alarm that still lands inside an import is put
+    off until the import is done (_raise_timeout)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
 
     def run(self, tasks: list[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], _Outcome]]:
+        if tasks:
+            import_scanner()
         for path, sha in tasks:
             yield (path, sha), self._one(path, sha)
 
@@ -124,7 +143,23 @@ def _can_alarm() -> bool:
 
 
 def _raise_timeout(signum, frame) -> None:
+    if _in_import(frame):  # never cut an import short: try again a little later
+        signal.setitimer(signal.ITIMER_REAL, IMPORT_RETRY_SECONDS)
+        return
     raise _ScanTimeout()
+
+
+IMPORT_RETRY_SECONDS = 0.01
+
+
+def _in_import(frame) -> bool:
+    """Whether the interrupted code runs inside the import system (a module being executed
+    on import has importlib's frames below it)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def worker_main() -> None:
@@ -135,7 +170,7 @@ def worker_main() -> None:
     inbox = sys.stdin.buffer
     outbox = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break frames
-    from .. import scan  # noqa: F401  (the slow import, before any clock starts)
+    import_scanner()  # the slow imports, before any clock starts
 
     _send_frame(outbox, "ready")
     while (task := _read_frame(inbox)) is not None:

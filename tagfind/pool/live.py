@@ -74,7 +74,7 @@ POINTER_SIZE = {"x86": 4, "x64": 8, "arm64": 8}
 
 QueryFunction = Callable[[int, Any, int, Any], int]
 
-_NO_LIVE = "use --pool-file with a poolmon log, !poolused output or a tagfind snapshot"
+NO_LIVE_HINT = "use --pool-file with a poolmon log, !poolused output or a tagfind snapshot"
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def parse_pooltag_information(
 def ntdll_query() -> QueryFunction:
     """ntdll!NtQuerySystemInformation, typed for ctypes. Windows only."""
     if sys.platform != "win32":
-        raise PoolSourceError(f"live pool counters need Windows; {_NO_LIVE}")
+        raise PoolSourceError(f"live pool counters need Windows; {NO_LIVE_HINT}")
     ntdll = ctypes.WinDLL("ntdll")  # type: ignore[attr-defined]
     func = ntdll.NtQuerySystemInformation
     func.argtypes = [
@@ -215,9 +215,9 @@ def query_system_information(
 def _status_error(info_class: int, status: int) -> NtStatusError:
     name = _CLASS_NAMES.get(info_class, f"information class {info_class}")
     if status == STATUS_ACCESS_DENIED:
-        message = f"reading {name} was denied (run elevated), or {_NO_LIVE}"
+        message = f"reading {name} was denied (run elevated), or {NO_LIVE_HINT}"
     else:
-        message = f"reading {name} failed with NTSTATUS 0x{status:08X}; {_NO_LIVE}"
+        message = f"reading {name} failed with NTSTATUS 0x{status:08X}; {NO_LIVE_HINT}"
     return NtStatusError(message, status)
 
 

@@ -1,0 +1,193 @@
+"""The source and index options every command shares, as one frozen dataclass, and opening the
+refreshed index from them: query, --top and any later command get their Driver column from
+the same index, refreshed with the same options."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+
+from .errors import Fatal
+from .render import echo_refresh_stats
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Where the drivers are and where their index lives."""
+
+    root: str | None
+    drivers: tuple[str, ...]
+    all_pe: bool
+    index_path: str | None
+    jobs: int | None
+    timeout: float
+    pooltag_files: tuple[str, ...]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SourceOptions:
+        """Take this dataclass's fields out of click's parsed parameters (removing them)."""
+        return cls(root=params.pop("root"), drivers=tuple(params.pop("drivers")),
+                   all_pe=params.pop("all_pe"), index_path=params.pop("index_path"),
+                   jobs=params.pop("jobs"), timeout=params.pop("timeout"),
+                   pooltag_files=tuple(params.pop("pooltag_files")))
+
+
+_SOURCE_OPTIONS = [
+    click.option("--root", type=click.Path(file_okay=False), default=None,
+                 help="A mounted or copied Windows tree to scan instead of this system."),
+    click.option("--drivers", "drivers", multiple=True, type=click.Path(file_okay=False),
+                 help="A folder of drivers to scan (repeatable)."),
+    click.option("--all-pe", is_flag=True,
+                 help="Scan every PE file in the folders, not only kernel-mode ones."),
+    click.option("--index", "index_path", type=click.Path(dir_okay=False), default=None,
+                 help="Index file (default: $TAGFIND_INDEX, else in the user's cache directory)."),
+    click.option("--jobs", type=click.IntRange(1, 256), default=None,
+                 help="Parallel scan processes (default: all cores)."),
+    click.option("--timeout", type=click.FloatRange(0.1, 3600), default=60.0,
+                 show_default=True, help="Per-file scan time limit in seconds."),
+    click.option("--pooltag", "pooltag_files", multiple=True, type=click.Path(dir_okay=False),
+                 help="Extra pooltag.txt-style file (repeatable; takes priority)."),
+]
+
+
+def source_options(func: F) -> F:
+    """Add the shared source/index options to a click command."""
+    for option in reversed(_SOURCE_OPTIONS):
+        func = option(func)
+    return func
+
+
+@dataclass
+class OpenIndex:
+    """An index refreshed against the files of the sources (index None: no sources, when the
+    command can do without drivers; `note` then says so)."""
+
+    index: Any
+    files: list[str]
+    stats: Any
+    note: str | None = None
+    empty_reason: str | None = None  # why nothing can be found: 0 files indexed, and why
+
+
+NO_DRIVERS_NOTE = ("no drivers were indexed (no Windows here): the Driver(s) column needs "
+                   "--drivers DIR or --root DIR")
+
+
+@contextmanager
+def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
+               verbose_stats: int | None = None,
+               allow_no_sources: bool = False) -> Iterator[OpenIndex]:
+    """Discover the source files, open the index and refresh it; index warnings (a damaged
+    file found and rebuilt) are printed once when the block ends. With `allow_no_sources`,
+    having no Windows here and no --root/--drivers gives an OpenIndex without an index."""
+    from .. import index as index_mod
+    from .. import sources
+
+    try:
+        source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe)
+    except sources.SourcesError as exc:
+        if not (allow_no_sources and src.root is None and not src.drivers):
+            raise Fatal(str(exc)) from None
+        source_set = None
+    if source_set is None:
+        yield OpenIndex(None, [], None, note=NO_DRIVERS_NOTE)
+        return
+    if verbose:
+        for path, reason in source_set.skipped:
+            click.echo(f"tagfind: skipped {path}: {reason}", err=True)
+    index_path = src.index_path or index_mod.default_index_path()
+    try:
+        with index_mod.Index(index_path) as idx:
+            try:
+                stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
+                                    timeout=src.timeout)
+                echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
+                empty = None if source_set.files else _empty_reason(src)
+                yield OpenIndex(idx, source_set.files, stats, empty_reason=empty)
+            finally:
+                for warning in dict.fromkeys(idx.warnings):
+                    click.echo(f"tagfind: warning: {warning}", err=True)
+    except index_mod.IndexUnavailable as exc:
+        raise Fatal(str(exc)) from None
+
+
+USER_MODE_LOOK_LIMIT = 20000  # files looked at to tell why a folder gave no kernel image
+
+
+def _empty_reason(src: SourceOptions) -> str:
+    """'0 files were indexed', with a hint when the folders hold user-mode PE files."""
+    if src.all_pe:
+        return "0 files were indexed: the folders hold no PE files"
+    user_mode = _count_user_mode_pe(src.drivers)
+    if user_mode:
+        return (f"0 files were indexed: {user_mode} PE file(s) were skipped as user-mode; "
+                "--all-pe takes them")
+    return "0 files were indexed: no kernel-mode PE files in the folders"
+
+
+def _count_user_mode_pe(folders: tuple[str, ...]) -> int:
+    from ..sources import pe_subsystem
+
+    count = looked = 0
+    for folder in folders:
+        for base, _dirs, names in os.walk(folder):
+            for name in names:
+                looked += 1
+                if looked > USER_MODE_LOOK_LIMIT:
+                    return count
+                try:
+                    count += pe_subsystem(os.path.join(base, name)) is not None
+                except OSError:
+                    continue
+    return count
+
+
+SAMPLE_PREFIX = "sample:"
+
+
+def resolve_pool_file(path: str) -> str:
+    """A pool file as the user named it; `sample:NAME` is a sample shipped with tagfind
+    (data/samples), unless a file of that very name exists."""
+    if not path.startswith(SAMPLE_PREFIX) or os.path.exists(path):
+        return path
+    name = path[len(SAMPLE_PREFIX):]
+    folder = samples_dir()
+    candidate = os.path.join(folder, name)
+    available = sorted(n for n in os.listdir(folder) if n != "README.md")
+    if "/" in name or "\\" in name or name not in available:
+        raise Fatal(f"no sample named {name!r}; the samples are {', '.join(available)}")
+    return candidate
+
+
+def samples_dir() -> str:
+    """The folder of the shipped sample pool logs (tagfind.data/samples, or data/samples in a
+    source tree)."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    # A source checkout first (data/ beside the package): an editable install of another
+    # checkout would otherwise answer for tagfind.data.
+    here = Path(__file__).resolve().parents[2] / "data" / "samples"
+    if (here / "README.md").is_file() and (here.parent / "pooltag.txt").is_file():
+        return str(here)
+    try:
+        return str(files("tagfind.data") / "samples")
+    except ModuleNotFoundError:
+        return str(here)
+
+
+def load_pooltag_db(src: SourceOptions, tags: set[str]) -> Any:
+    """pooltag.txt facts for these tags (shipped list, the user's copies, --pooltag files)."""
+    from ..pooltag import load_db
+
+    try:
+        return load_db(src.pooltag_files, root=src.root, only_tags=sorted(tags))
+    except ValueError as exc:
+        raise Fatal(str(exc)) from None
