@@ -28,6 +28,16 @@ I  include tags (patterns, * and ?)     X  exclude tags     (empty clears)
 Space  pause       N  next frame        Q, Esc  quit
 Up/Down, PgUp/PgDn, Home/End  scroll    Enter  the selected tag's drivers and evidence
 """
+# (header, justify, least width, narrowest terminal that shows it): on a small window the
+# changes of allocs and frees, the evidence and the frees go first; tag, type, diff and bytes
+# with their change, and the driver, stay.
+COLUMNS: tuple[tuple[str, str, int, int], ...] = (
+    ("Tag", "left", 4, 0), ("Type", "left", 5, 0), ("Allocs", "right", 6, 100),
+    ("", "right", 4, 130), ("Frees", "right", 6, 120), ("", "right", 4, 140),
+    ("Diff", "right", 4, 0), ("", "right", 4, 0), ("Bytes", "right", 6, 0),
+    ("", "right", 6, 0), ("Per Alloc", "right", 5, 80), ("Driver(s)", "left", 8, 0),
+    ("Evidence", "left", 4, 110), ("pooltag.txt", "left", 6, 90),
+)
 _HEADER_LINES = 3  # status, key hint, table header; plus the totals when shown
 
 
@@ -75,12 +85,11 @@ def build_table(model: WatchModel, width: int, height: int) -> Any:
     model.page_size = max(1, height - _HEADER_LINES - extra - 1)
     table = Table(box=None, pad_edge=False, show_edge=False, expand=False, width=width,
                   header_style="bold underline", padding=(0, 1))
-    for name, justify in (("Tag", "left"), ("Type", "left"), ("Allocs", "right"),
-                          ("", "right"), ("Frees", "right"), ("", "right"),
-                          ("Diff", "right"), ("", "right"), ("Bytes", "right"), ("", "right"),
-                          ("Per Alloc", "right"), ("Driver(s)", "left"), ("Evidence", "left"),
-                          ("pooltag.txt", "left")):
-        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+    kept = [i for i, (_, _, _, narrowest) in enumerate(COLUMNS) if width >= narrowest]
+    for i in kept:
+        name, justify, least, _ = COLUMNS[i]
+        table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
+                         min_width=least)
     rows = model.rows()
     visible = model.visible_rows()
     for index, row in enumerate(visible, model.offset):
@@ -96,7 +105,8 @@ def build_table(model: WatchModel, width: int, height: int) -> Any:
         cells += [Text(_number(row.per_alloc)), Text(drivers),
                   Text(row.drivers[0].evidence if row.drivers else "-"),
                   Text(row.pooltag_owner or "-")]
-        table.add_row(*cells, style="underline" if index == model.selected else None)
+        table.add_row(*(cells[i] for i in kept),
+                      style="underline" if index == model.selected else None)
     parts: list[Any] = [status, hint, table]
     if not rows:
         parts.append(Text("no rows (check the P view and the I/X patterns)"))
