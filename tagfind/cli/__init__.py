@@ -7,7 +7,8 @@ Every error is one line on stderr; no traceback reaches the user.
 - options.py: the source/index options every command shares (SourceOptions) and opening the
   refreshed index from them.
 - query.py: tag and driver queries, --top, --rebuild-index.
-- snapshot.py: `tagfind snapshot`.
+- snapshot.py: `tagfind snapshot` (one, many --from, periodic --every/--count).
+- watch.py: `tagfind watch`; trend.py: `tagfind trend`.
 - render.py: what the commands print besides the tables (stats line, messages).
 """
 
@@ -31,6 +32,8 @@ from .errors import (
 )
 from .query import query_cmd
 from .snapshot import snapshot_cmd
+from .trend import trend_cmd
+from .watch import watch_cmd
 
 __all__ = ["EXIT_ERROR", "EXIT_FOUND", "EXIT_INTERRUPTED", "EXIT_NOTHING", "Fatal", "cli", "main"]
 
@@ -58,6 +61,8 @@ def cli() -> None:
 
 cli.add_command(query_cmd)
 cli.add_command(snapshot_cmd)
+cli.add_command(trend_cmd)
+cli.add_command(watch_cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

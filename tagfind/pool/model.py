@@ -101,6 +101,8 @@ class PoolSnapshot:
     "!poolused", "snapshot FILE"...). `scope` is "system", "session", "all sessions" or
     "session N". `counter_bits` is the width of the cumulative counters (32 for the classic
     ULONG counters, 64 for sources that report them untruncated): what they wrap at.
+    `boot_time` and `os_build` say which boot of which Windows the counters belong to (counters
+    restart at boot, so a series must not cross one); None when the source does not say.
     `warnings` holds (line number, message) for parts of the source that were skipped; line 0
     means the whole source.
     """
@@ -111,6 +113,8 @@ class PoolSnapshot:
     source: str = ""
     scope: str = "system"
     counter_bits: int = 32
+    boot_time: datetime | None = None
+    os_build: str | None = None
     warnings: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:

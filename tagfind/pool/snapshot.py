@@ -2,7 +2,8 @@
 
     {"format": "tagfind-pool-snapshot", "version": 1, "taken_at": "2025-01-02T03:04:05+00:00",
      "machine": "SRV1", "source": "live SystemPoolTagInformation (22)", "scope": "system",
-     "counter_bits": 32, "rows": [{"tag": "Test", "pool": "paged", "allocs": 1473,
+     "counter_bits": 32, "boot_time": "2025-01-01T22:00:00+00:00", "os_build": "10.0.22631",
+     "rows": [{"tag": "Test", "pool": "paged", "allocs": 1473,
      "frees": 1002, "bytes": 1972392}, ...], "warnings": [[4, "..."]]}
 
 Rows from !poolused carry "outstanding" instead of "allocs"/"frees"; "driver_text" appears when
@@ -47,6 +48,8 @@ def snapshot_to_json(snapshot: PoolSnapshot) -> str:
         "source": snapshot.source,
         "scope": snapshot.scope,
         "counter_bits": snapshot.counter_bits,
+        "boot_time": snapshot.boot_time.isoformat() if snapshot.boot_time else None,
+        "os_build": snapshot.os_build,
         "rows": [_row_to_dict(row) for row in snapshot.rows],
         "warnings": [[line, message] for line, message in snapshot.warnings],
     }
@@ -75,6 +78,8 @@ def snapshot_from_json(text: str, name: str = "snapshot") -> PoolSnapshot:
             source=str(document.get("source") or ""),
             scope=document.get("scope", "system"),
             counter_bits=document.get("counter_bits", 32),
+            boot_time=_parse_time(document.get("boot_time")),
+            os_build=_optional_str(document.get("os_build")),
             warnings=[(int(line), str(message)) for line, message in document.get("warnings", [])],
         )
     except (TypeError, ValueError, KeyError, AttributeError) as error:
@@ -145,6 +150,12 @@ def _row_from_dict(item: dict[str, Any]) -> PoolRow:
         driver_text=item.get("driver_text"),
         outstanding=count("outstanding"),
     )
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"expected a string, got {value!r}")
 
 
 def _parse_time(value: Any) -> datetime | None:

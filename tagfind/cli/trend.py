@@ -1,0 +1,110 @@
+"""`tagfind trend FILE...`: rank tags by growth over a series of snapshots, poolmon logs and
+pasted screens, each with its driver(s) from the index; optionally plot them."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from .errors import EXIT_FOUND, EXIT_NOTHING, Fatal
+from .options import SourceOptions, load_pooltag_db, open_index, source_options
+from .sitelookup import sites_by_tag
+
+
+@dataclass(frozen=True)
+class TrendOptions:
+    files: tuple[str, ...]
+    top: int
+    sort_key: str
+    pool_type: str | None
+    growing: bool
+    last_boot: bool
+    plot: str | None
+    plot_top: int
+    perfmon: str | None
+    as_json: bool
+    as_csv: bool
+    verbose: int
+
+
+@click.command("trend", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--top", type=click.IntRange(1, 100000), default=20, show_default=True,
+              help="How many tags to list.")
+@click.option("--sort", "sort_key", default="slope", show_default=True,
+              type=click.Choice(["slope", "steady", "diff"]),
+              help="Rank by bytes/hour, by the share of intervals that grew, or by Diff growth.")
+@click.option("--type", "pool_type", default=None, type=click.Choice(["paged", "nonpaged"]))
+@click.option("--growing", is_flag=True, help="List only tags that look like leaks.")
+@click.option("--last-boot", is_flag=True,
+              help="If the files span reboots, keep the newest boot's snapshots.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw the top growing tags and the pool totals to FILE.png or FILE.svg.")
+@click.option("--plot-top", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="How many tags the plot draws.")
+@click.option("--perfmon", type=click.Path(dir_okay=False), default=None,
+              help="typeperf CSV with \\Memory\\Pool Paged/Nonpaged Bytes for the totals.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV output.")
+@click.option("-v", "--verbose", count=True, help="Show each driver's evidence.")
+@source_options
+def trend_cmd(**params: Any) -> None:
+    """Which tag keeps growing over FILES (snapshots, poolmon /n logs, pasted screens), and
+    whose driver is it? Ordered by time, or as given when a file has no time."""
+    src = SourceOptions.from_params(params)
+    opts = TrendOptions(**params)
+    try:
+        sys.exit(run_trend(src, opts))
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        raise Fatal("interrupted") from None
+    except Exception as exc:  # the user gets one line, never a traceback
+        raise Fatal(f"{type(exc).__name__}: {exc}") from None
+
+
+def run_trend(src: SourceOptions, opts: TrendOptions) -> int:
+    from .. import trend
+    from ..plot import FORMATS, PlotUnavailable, plot_trends
+    from ..pool import PoolSourceError
+    from ..pool.perfmon import load_typeperf
+    from ..pool.series import BOOTS_ERROR, BOOTS_LAST, load_series
+
+    if opts.as_json and opts.as_csv:
+        raise Fatal("choose one of --json and --csv")
+    if opts.perfmon and not opts.plot:
+        raise Fatal("--perfmon goes with --plot FILE")
+    if opts.plot and not opts.plot.lower().endswith(FORMATS):
+        raise Fatal("--plot writes a .png or .svg file")
+    try:
+        series = load_series(opts.files, BOOTS_LAST if opts.last_boot else BOOTS_ERROR)
+        perfmon = load_typeperf(opts.perfmon) if opts.perfmon else None
+    except PoolSourceError as exc:
+        raise Fatal(str(exc)) from None
+    for warning in series.warnings:
+        click.echo(f"tagfind: warning: {warning}", err=True)
+    if len(series.points) < 2:
+        raise Fatal("a trend needs at least two snapshots")
+    ranked = trend.rank(trend.build_trends(series), opts.sort_key, opts.pool_type,
+                        opts.growing)[: opts.top]
+    with open_index(src, verbose=opts.verbose) as opened:
+        sites = [s for group in sites_by_tag(opened, {t.tag for t in ranked}).values()
+                 for s in group]
+        trend.attach_drivers(ranked, sites, load_pooltag_db(src, {t.tag for t in ranked}))
+    if opts.plot:
+        try:
+            plot_trends(opts.plot, [t for t in ranked if t.growing][: opts.plot_top], series,
+                        perfmon)
+        except PlotUnavailable as exc:
+            raise Fatal(str(exc)) from None
+        click.echo(f"tagfind: plot written to {opts.plot}", err=True)
+    if opts.as_json:
+        click.echo(trend.render_json(ranked, series))
+    elif opts.as_csv:
+        click.echo(trend.render_csv(ranked), nl=False)
+    else:
+        click.echo(trend.render_table(ranked, verbose=bool(opts.verbose)))
+    return EXIT_FOUND if any(t.growing for t in ranked) else EXIT_NOTHING
