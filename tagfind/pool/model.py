@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ..modules.model import ModuleList
+    from .bigpool import BigPoolUsage
 
 PoolType = Literal["paged", "nonpaged"]
 POOL_TYPES: tuple[str, ...] = ("paged", "nonpaged")
@@ -102,7 +106,8 @@ class PoolSnapshot:
     "session N". `counter_bits` is the width of the cumulative counters (32 for the classic
     ULONG counters, 64 for sources that report them untruncated): what they wrap at.
     `warnings` holds (line number, message) for parts of the source that were skipped; line 0
-    means the whole source.
+    means the whole source. `big_pool` (per tag: big allocations) and `modules` (the loaded
+    module list) are None unless the source recorded them (live snapshots do).
     """
 
     rows: list[PoolRow] = field(default_factory=list)
@@ -112,6 +117,8 @@ class PoolSnapshot:
     scope: str = "system"
     counter_bits: int = 32
     warnings: list[tuple[int, str]] = field(default_factory=list)
+    big_pool: list[BigPoolUsage] | None = None
+    modules: ModuleList | None = None
 
     def __post_init__(self) -> None:
         if not _SCOPE.match(self.scope):
