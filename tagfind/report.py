@@ -40,6 +40,7 @@ class SiteView:
     protected: bool
     via: list[int]
     function: int | None
+    origin: str | None = None  # the index export this result was imported from
 
 
 @dataclass
@@ -68,7 +69,8 @@ def _site_view(site: Any) -> SiteView:
     api = POOL_APIS.get(site.api)
     is_flags = api.pool_is_flags if api else False
     return SiteView(site.rva, site.api, site.evidence, pool_name(site.pool, is_flags), site.size,
-                    bool(site.protected), list(site.via), site.function)
+                    bool(site.protected), list(site.via), site.function,
+                    getattr(site, "origin", None))
 
 
 def _paging_summary(sites: Iterable[Any]) -> str:
@@ -204,6 +206,8 @@ def _site_line(site: SiteView, arch: str | None) -> str:
         parts.append("PROTECTED")
     if arch:
         parts.append(arch)
+    if site.origin:
+        parts.append(f"imported from {site.origin}")
     return "  ".join(parts)
 
 

@@ -27,6 +27,7 @@ class SiteRow:
     size: int | None
     via: tuple[int, ...]
     function: int | None
+    origin: str | None = None  # where an imported result came from; None: scanned here
 
     @property
     def tag_str(self) -> str | None:
@@ -61,6 +62,7 @@ class RefreshStats:
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     timed_out: int = 0
+    imported: int = 0  # of reused: files that got an imported result (share.py), no scan
     seconds: float = 0.0
 
 
@@ -113,8 +115,9 @@ def _site_values(sha: str, site: dict) -> tuple:
 
 
 def _site_row(row: tuple) -> SiteRow:
-    """A SiteRow from path, sha256 and arch followed by the `sites` columns after sha256."""
-    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function = row
+    """A SiteRow from path, sha256 and arch followed by the `sites` columns after sha256,
+    then the content's origin."""
+    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function, origin = row
     return SiteRow(
         path=path,
         sha256=sha,
@@ -128,4 +131,5 @@ def _site_row(row: tuple) -> SiteRow:
         size=_from_i64(size),
         via=tuple(int(v) for v in via.split(",")) if via else (),
         function=function,
+        origin=origin,
     )
