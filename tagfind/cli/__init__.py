@@ -8,6 +8,8 @@ Every error is one line on stderr; no traceback reaches the user.
   refreshed index from them.
 - query.py: tag and driver queries, --top, --rebuild-index.
 - snapshot.py: `tagfind snapshot`.
+- export.py: `tagfind export --pooltag FILE`.
+- index_cmd.py: `tagfind index export FILE`, `tagfind index import FILE`.
 - render.py: what the commands print besides the tables (stats line, messages).
 """
 
@@ -20,6 +22,8 @@ import click
 
 from .. import __version__
 from .errors import EXIT_ERROR, EXIT_FOUND, EXIT_NOTHING, Fatal
+from .export import export_cmd
+from .index_cmd import index_group
 from .query import query_cmd
 from .snapshot import snapshot_cmd
 
@@ -49,6 +53,8 @@ def cli() -> None:
 
 cli.add_command(query_cmd)
 cli.add_command(snapshot_cmd)
+cli.add_command(export_cmd)
+cli.add_command(index_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
