@@ -42,6 +42,7 @@ class SiteView:
     via: list[int]
     function: int | None
     runtime: list[str] = field(default_factory=list)  # run-time values that may replace the tag
+    origin: str | None = None  # the index export this result was imported from
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _site_view(site: Any) -> SiteView:
     is_flags = api.pool_is_flags if api else False
     return SiteView(site.rva, site.api, site.evidence, pool_name(site.pool, is_flags), site.size,
                     bool(site.protected), list(site.via), site.function,
-                    list(getattr(site, "runtime", ())))
+                    list(getattr(site, "runtime", ())), getattr(site, "origin", None))
 
 
 def _paging_summary(sites: Iterable[Any]) -> str | None:
@@ -215,6 +216,8 @@ def _site_line(site: SiteView, arch: str | None) -> str:
     if site.runtime:
         parts.append("may be replaced at run time by "
                      + " or ".join(runtime_text(r) for r in site.runtime))
+    if site.origin:
+        parts.append(f"imported from {site.origin}")
     return "  ".join(parts)
 
 

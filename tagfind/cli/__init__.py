@@ -9,6 +9,8 @@ Every error is one line on stderr; no traceback reaches the user.
 - query.py: tag and driver queries, --top, --rebuild-index.
 - snapshot.py: `tagfind snapshot` (one, many --from, periodic --every/--count).
 - watch.py: `tagfind watch`; trend.py: `tagfind trend`.
+- export.py: `tagfind export --pooltag FILE`.
+- index_cmd.py: `tagfind index export FILE`, `tagfind index import FILE`.
 - render.py: what the commands print besides the tables (stats line, messages).
 """
 
@@ -30,6 +32,8 @@ from .errors import (
     Interrupted,
     os_error_text,
 )
+from .export import export_cmd
+from .index_cmd import index_group
 from .query import query_cmd
 from .snapshot import snapshot_cmd
 from .trend import trend_cmd
@@ -63,6 +67,8 @@ cli.add_command(query_cmd)
 cli.add_command(snapshot_cmd)
 cli.add_command(trend_cmd)
 cli.add_command(watch_cmd)
+cli.add_command(export_cmd)
+cli.add_command(index_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

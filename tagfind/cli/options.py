@@ -29,6 +29,8 @@ class SourceOptions:
     jobs: int | None
     timeout: float
     pooltag_files: tuple[str, ...]
+    loaded: bool = False
+    modules_file: str | None = None
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> SourceOptions:
@@ -36,7 +38,8 @@ class SourceOptions:
         return cls(root=params.pop("root"), drivers=tuple(params.pop("drivers")),
                    all_pe=params.pop("all_pe"), index_path=params.pop("index_path"),
                    jobs=params.pop("jobs"), timeout=params.pop("timeout"),
-                   pooltag_files=tuple(params.pop("pooltag_files")))
+                   pooltag_files=tuple(params.pop("pooltag_files", ())),
+                   loaded=params.pop("loaded"), modules_file=params.pop("modules_file"))
 
 
 _SOURCE_OPTIONS = [
@@ -52,32 +55,80 @@ _SOURCE_OPTIONS = [
                  help="Parallel scan processes (default: all cores)."),
     click.option("--timeout", type=click.FloatRange(0.1, 3600), default=60.0,
                  show_default=True, help="Per-file scan time limit in seconds."),
-    click.option("--pooltag", "pooltag_files", multiple=True, type=click.Path(dir_okay=False),
-                 help="Extra pooltag.txt-style file (repeatable; takes priority)."),
+    _POOLTAG_OPTION := click.option(
+        "--pooltag", "pooltag_files", multiple=True, type=click.Path(dir_okay=False),
+        help="Extra pooltag.txt-style file (repeatable; takes priority)."),
+    click.option("--loaded", is_flag=True,
+                 help="Only drivers in the loaded module list (live, or --modules-file)."),
+    click.option("--modules-file", type=click.Path(dir_okay=False), default=None,
+                 help="Loaded modules from WinDbg lm/lmf/lmv output or a tagfind snapshot."),
 ]
 
 
-def source_options(func: F) -> F:
-    """Add the shared source/index options to a click command."""
-    for option in reversed(_SOURCE_OPTIONS):
-        func = option(func)
-    return func
+def source_options(func: F | None = None, *, pooltag_input: bool = True) -> Any:
+    """Add the shared source/index options to a click command. `pooltag_input=False` leaves
+    out --pooltag (for `tagfind export`, where --pooltag names the file written)."""
+
+    def add(target: F) -> F:
+        for option in reversed(_SOURCE_OPTIONS):
+            if pooltag_input or option is not _POOLTAG_OPTION:
+                target = option(target)
+        return target
+
+    return add(func) if func is not None else add
 
 
 @dataclass
 class OpenIndex:
     """An index refreshed against the files of the sources (index None: no sources, when the
-    command can do without drivers; `note` then says so)."""
+    command can do without drivers; `note` then says so). `files` are the ones queries look
+    at: all of them, or with --loaded only the loaded ones (`loaded` is the list)."""
 
     index: Any
     files: list[str]
     stats: Any
     note: str | None = None
     empty_reason: str | None = None  # why nothing can be found: 0 files indexed, and why
+    loaded: Any = None
 
 
 NO_DRIVERS_NOTE = ("no drivers were indexed (no Windows here): the Driver(s) column needs "
                    "--drivers DIR or --root DIR")
+
+
+def load_module_list(src: SourceOptions) -> Any:
+    """The loaded module list of --modules-file, or the live one; None when neither is
+    asked for. Names map to files under --root when given."""
+    from .. import modules
+    from ..sources import SourcesError, _windows_dir_under
+
+    if src.modules_file is None and not src.loaded:
+        return None
+    try:
+        windows_dir = _windows_dir_under(src.root) if src.root else None
+        if src.modules_file is not None:
+            return modules.load_modules_file(src.modules_file, windows_dir,
+                                             under_root=src.root is not None)
+        if src.root is not None or src.drivers:
+            raise Fatal("--loaded with --root or --drivers needs --modules-file FILE (the "
+                        "live module list names this system's files)")
+        return modules.read_loaded_modules()
+    except (modules.ModulesError, SourcesError) as exc:
+        raise Fatal(str(exc)) from None
+
+
+def _live_module_files() -> list[str]:
+    """On live Windows, the loaded drivers are sources too (they may live anywhere:
+    ProgramData, Program Files). Any failure only means none are added."""
+    import os
+
+    from .. import modules
+
+    try:
+        listing = modules.read_loaded_modules()
+    except modules.ModulesError:
+        return []
+    return [m.path for m in listing.modules if m.path and os.path.isfile(m.path)]
 
 
 @contextmanager
@@ -90,6 +141,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     from .. import index as index_mod
     from .. import sources
 
+    loaded = load_module_list(src)
     try:
         source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe)
     except sources.SourcesError as exc:
@@ -99,6 +151,9 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     if source_set is None:
         yield OpenIndex(None, [], None, note=NO_DRIVERS_NOTE)
         return
+    if src.root is None and not src.drivers:
+        known = set(source_set.files)
+        source_set.files += sorted(p for p in _live_module_files() if p not in known)
     if verbose:
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
@@ -110,7 +165,10 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                                     timeout=src.timeout)
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
-                yield OpenIndex(idx, source_set.files, stats, empty_reason=empty)
+                files = source_set.files
+                if loaded is not None and (src.loaded or src.modules_file):
+                    files = loaded.matcher().loaded(files)
+                yield OpenIndex(idx, files, stats, empty_reason=empty, loaded=loaded)
             finally:
                 for warning in dict.fromkeys(idx.warnings):
                     click.echo(f"tagfind: warning: {warning}", err=True)

@@ -101,4 +101,23 @@ def _live() -> object:
     from ..pool import read_live_pool
     from ..pool.machine import with_identity
 
-    return with_identity(read_live_pool())
+    snap = with_identity(read_live_pool())
+    _record_live_extras(snap)
+    return snap
+
+
+def _record_live_extras(snap) -> None:
+    """A live snapshot also records the big pool per tag and the loaded module list (so
+    --modules-file can read it later); either may be unavailable without failing the rest."""
+    from ..modules import ModulesError, read_loaded_modules
+    from ..pool import PoolSourceError
+    from ..pool.bigpool import read_live_bigpool
+
+    try:
+        snap.big_pool = read_live_bigpool()
+    except PoolSourceError as exc:
+        click.echo(f"tagfind: warning: big pool not recorded: {exc}", err=True)
+    try:
+        snap.modules = read_loaded_modules()
+    except ModulesError as exc:
+        click.echo(f"tagfind: warning: module list not recorded: {exc}", err=True)

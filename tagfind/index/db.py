@@ -5,7 +5,10 @@ the write transaction every change goes through. Knows nothing of scans or queri
 Layout: `files` maps each path to the sha256 of its content (with the size and mtime seen
 when it was last checked); `contents` holds one scan result per distinct content and `sites`
 its sites, so a driver found under several paths (System32\\drivers and the driver store) is
-scanned once and stored once. `meta` holds the schema version.
+scanned once and stored once; `contents.origin` says where a result came from when it was
+not scanned here (an imported file, see share.py). `imported_contents` and `imported_sites`
+hold imported results until a listed file has that content (share.py). `meta` holds the
+schema version; an older schema is migrated in place (MIGRATIONS).
 
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
 reader never sees half a batch, a process killed at any point leaves the last committed state,
@@ -21,9 +24,42 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
 
+_IMPORTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS imported_contents (
+    sha256 TEXT PRIMARY KEY,
+    scanner_version INTEGER NOT NULL,
+    arch TEXT,
+    error TEXT,
+    size INTEGER,
+    site_count INTEGER NOT NULL,
+    timeout_s REAL,
+    scanned_at REAL NOT NULL,
+    filter_log2 INTEGER,
+    filter BLOB,
+    origin TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imported_sites (
+    sha256 TEXT NOT NULL,
+    rva INTEGER NOT NULL,
+    api TEXT NOT NULL,
+    tag INTEGER,
+    tag_text TEXT,
+    evidence TEXT NOT NULL,
+    protected INTEGER NOT NULL,
+    pool INTEGER,
+    size INTEGER,
+    via TEXT NOT NULL,
+    function INTEGER
+);
+CREATE INDEX IF NOT EXISTS imported_sites_sha256 ON imported_sites(sha256);
+"""
+# Schema 4: sites say which run-time values may replace their tag (scanner version 6).
+_IMPORTED_RUNTIME = "ALTER TABLE imported_sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';"
+_RUNTIME_COLUMNS = "ALTER TABLE sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';" + (
+    _IMPORTED_RUNTIME)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents (
@@ -36,7 +72,8 @@ CREATE TABLE IF NOT EXISTS contents (
     timeout_s REAL,
     scanned_at REAL NOT NULL,
     filter_log2 INTEGER,
-    filter BLOB
+    filter BLOB,
+    origin TEXT
 );
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
@@ -67,8 +104,13 @@ CREATE TABLE IF NOT EXISTS sites (
 CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
 CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
 CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
-"""
+""" + _IMPORTED_SCHEMA + _IMPORTED_RUNTIME
 _TABLES = {"meta", "contents", "files", "sites"}
+# schema version -> statements that bring it to the next one (in one write transaction).
+MIGRATIONS: dict[int, str] = {
+    2: "ALTER TABLE contents ADD COLUMN origin TEXT;" + _IMPORTED_SCHEMA,
+    3: _RUNTIME_COLUMNS,
+}
 
 
 class IndexUnavailable(Exception):
@@ -190,7 +232,7 @@ class Database:
         if tables >= _TABLES:
             version = _meta(conn, "schema_version")
             if version != str(SCHEMA_VERSION):
-                raise _WrongSchema(f"schema version {version}, expected {SCHEMA_VERSION}")
+                self._migrate(conn, version)
             return
         if tables:
             raise _WrongSchema(f"unexpected tables {sorted(tables)}")
@@ -202,6 +244,23 @@ class Database:
             conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+
+    def _migrate(self, conn: sqlite3.Connection, version: str | None) -> None:
+        """Bring an older schema to SCHEMA_VERSION in place (its scan results stay)."""
+        with _write(conn):
+            version = _meta(conn, "schema_version")  # again: another process may have done it
+            while version != str(SCHEMA_VERSION):
+                step = MIGRATIONS.get(int(version)) if version and version.isdigit() else None
+                if step is None:
+                    raise _WrongSchema(f"schema version {version}, expected {SCHEMA_VERSION}")
+                for statement in filter(str.strip, step.split(";")):
+                    try:
+                        conn.execute(statement)
+                    except sqlite3.OperationalError as exc:  # not the schema it says it is
+                        raise _WrongSchema(f"schema version {version}: {exc}") from None
+                version = str(int(version) + 1)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                             (version,))
 
     def _rebuild_after(self, exc: BaseException) -> None:
         reason = _one_line(exc)

@@ -220,7 +220,7 @@ class Index(Database):
     ) -> list[SiteRow]:
         sql = (
             "SELECT f.path, s.sha256, c.arch, s.rva, s.api, s.tag, s.evidence, s.protected,"
-            " s.pool, s.size, s.via, s.function, s.runtime FROM sites s"
+            " s.pool, s.size, s.via, s.function, s.runtime, c.origin FROM sites s"
             " JOIN contents c ON c.sha256 = s.sha256"
             " JOIN files f ON f.sha256 = s.sha256"
         )

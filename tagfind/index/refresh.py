@@ -8,9 +8,11 @@ give each its own `--index PATH` when switching often.
 
 A file is read only when its size or mtime changed (or its mtime is so recent that a change
 could hide within the clock's resolution); then it is hashed, and scanned only when that
-content is not indexed yet under the current SCANNER_VERSION. A scan that fails (damaged file,
-time limit) is stored as an error too, so it is not retried on every query: a timed-out file is
-retried when a longer time limit is given, a failed one when it changes or on rebuild.
+content is not indexed yet under the current SCANNER_VERSION (nor imported from another
+index under it, see share.py; a rebuild never takes imported results). A scan that fails
+(damaged file, time limit) is stored as an error too, so it is not retried on every query: a
+timed-out file is retried when a longer time limit is given, a failed one when it changes or on
+rebuild.
 
 Safety: each step writes in one `_write` transaction (BEGIN IMMEDIATE, see db.py). A file row
 is written in the same transaction as its content row (or only when that content row exists),
@@ -33,6 +35,7 @@ from .db import _write
 from .progress import _bar, _want_progress
 from .rows import RefreshStats, _site_values
 from .scanner_version import current_scanner_version
+from .share import adopt
 from .workers import _can_alarm, _InProcess, _Outcome, _Pool, _strerror
 
 BATCH_FILES = 64  # scanned files written per transaction...
@@ -163,6 +166,11 @@ class _Refresh:
                     else:
                         self.stats.reused += 1
                         self._note_failure(item)
+                elif adopt(self.conn, item.sha256, self.version) and self._point_at_content(item):
+                    # An imported result for this content (share.py): no scan.
+                    self.stats.reused += 1
+                    self.stats.imported += 1
+                    self._note_failure(item)
                 else:
                     to_scan.setdefault(item.sha256, []).append(item)
             self._collect_released()
@@ -275,7 +283,7 @@ class _Refresh:
             " UPDATE SET scanner_version = excluded.scanner_version, arch = excluded.arch,"
             " error = excluded.error, size = excluded.size, site_count = excluded.site_count,"
             " timeout_s = excluded.timeout_s, scanned_at = excluded.scanned_at,"
-            " filter_log2 = excluded.filter_log2, filter = excluded.filter",
+            " filter_log2 = excluded.filter_log2, filter = excluded.filter, origin = NULL",
             (outcome.sha256, self.version, outcome.arch, outcome.error, outcome.size,
              len(outcome.sites), self.timeout if outcome.timed_out else None, now,
              outcome.filter_log2, outcome.filter),

@@ -28,6 +28,7 @@ class SiteRow:
     via: tuple[int, ...]
     function: int | None
     runtime: tuple[str, ...] = ()  # run-time values that may replace the tag (Site.runtime)
+    origin: str | None = None  # where an imported result came from; None: scanned here
 
     @property
     def tag_str(self) -> str | None:
@@ -62,6 +63,7 @@ class RefreshStats:
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     timed_out: int = 0
+    imported: int = 0  # of reused: files that got an imported result (share.py), no scan
     seconds: float = 0.0
 
 
@@ -115,8 +117,10 @@ def _site_values(sha: str, site: dict) -> tuple:
 
 
 def _site_row(row: tuple) -> SiteRow:
-    """A SiteRow from path, sha256 and arch followed by the `sites` columns after sha256."""
-    path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function, runtime = row
+    """A SiteRow from path, sha256 and arch followed by the `sites` columns after sha256,
+    then the content's origin."""
+    (path, sha, arch, rva, api, tag, evidence, protected, pool, size, via, function, runtime,
+     origin) = row
     return SiteRow(
         path=path,
         sha256=sha,
@@ -131,4 +135,5 @@ def _site_row(row: tuple) -> SiteRow:
         via=tuple(int(v) for v in via.split(",")) if via else (),
         function=function,
         runtime=tuple(runtime.split()) if runtime else (),
+        origin=origin,
     )

@@ -112,6 +112,8 @@ LAYOUTS: dict[tuple[int, int], PoolTagLayout] = {
 }
 
 _CLASS_NAMES = {
+    11: "SystemModuleInformation",
+    66: "SystemBigPoolInformation",
     SYSTEM_POOLTAG_INFORMATION: "SystemPoolTagInformation",
     SYSTEM_POOLTAG_INFORMATION2: "SystemPoolTagInformation2",
 }
@@ -208,7 +210,8 @@ def query_system_information(
         used = returned.value if 0 < returned.value <= size else size
         return buffer.raw[:used]
     raise PoolSourceError(
-        f"the pool tag table kept growing past the buffer after {max_tries} tries; try again"
+        f"{_CLASS_NAMES.get(info_class, 'the table')} kept growing past the buffer after"
+        f" {max_tries} tries; try again"
     )
 
 

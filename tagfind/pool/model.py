@@ -10,7 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ..modules.model import ModuleList
+    from .bigpool import BigPoolUsage
 
 PoolType = Literal["paged", "nonpaged"]
 POOL_TYPES: tuple[str, ...] = ("paged", "nonpaged")
@@ -104,7 +108,8 @@ class PoolSnapshot:
     `boot_time` and `os_build` say which boot of which Windows the counters belong to (counters
     restart at boot, so a series must not cross one); None when the source does not say.
     `warnings` holds (line number, message) for parts of the source that were skipped; line 0
-    means the whole source.
+    means the whole source. `big_pool` (per tag: big allocations) and `modules` (the loaded
+    module list) are None unless the source recorded them (live snapshots do).
     """
 
     rows: list[PoolRow] = field(default_factory=list)
@@ -116,6 +121,8 @@ class PoolSnapshot:
     boot_time: datetime | None = None
     os_build: str | None = None
     warnings: list[tuple[int, str]] = field(default_factory=list)
+    big_pool: list[BigPoolUsage] | None = None
+    modules: ModuleList | None = None
 
     def __post_init__(self) -> None:
         if not _SCOPE.match(self.scope):

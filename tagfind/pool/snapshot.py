@@ -7,7 +7,10 @@
      "frees": 1002, "bytes": 1972392}, ...], "warnings": [[4, "..."]]}
 
 Rows from !poolused carry "outstanding" instead of "allocs"/"frees"; "driver_text" appears when
-the source printed one. Derived values (diff, per alloc) are not stored.
+the source printed one. Derived values (diff, per alloc) are not stored. Live snapshots also
+record "big_pool" ([{"tag", "pool", "count", "bytes", "largest"}]) and "modules"
+({"source", "modules": [{"reported", "path", "base", "size", "load_order"}]}); both are
+optional, so version 1 readers of older files are unaffected.
 
 Growth between two snapshots lives in growth.py; diff_snapshots and PoolGrowth are re-exported
 here because snapshots are what they compare.
@@ -16,12 +19,17 @@ here because snapshots are what they compare.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .growth import PoolGrowth, diff_snapshots
 from .model import PoolRow, PoolSnapshot, PoolSourceError
+
+if TYPE_CHECKING:
+    from ..modules.model import ModuleList
+    from .bigpool import BigPoolUsage
 
 FORMAT = "tagfind-pool-snapshot"
 VERSION = 1
@@ -53,6 +61,13 @@ def snapshot_to_json(snapshot: PoolSnapshot) -> str:
         "rows": [_row_to_dict(row) for row in snapshot.rows],
         "warnings": [[line, message] for line, message in snapshot.warnings],
     }
+    if snapshot.big_pool is not None:
+        document["big_pool"] = [asdict(usage) for usage in snapshot.big_pool]
+    if snapshot.modules is not None:
+        document["modules"] = {
+            "source": snapshot.modules.source,
+            "modules": [asdict(module) for module in snapshot.modules.modules],
+        }
     return json.dumps(document, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -70,6 +85,8 @@ def snapshot_from_json(text: str, name: str = "snapshot") -> PoolSnapshot:
         raise PoolSourceError(
             f"{name}: snapshot format version {version!r}; this tagfind reads up to {VERSION}"
         )
+    from ..modules.model import ModulesError
+
     try:
         return PoolSnapshot(
             rows=[_row_from_dict(item) for item in document.get("rows", [])],
@@ -81,7 +98,11 @@ def snapshot_from_json(text: str, name: str = "snapshot") -> PoolSnapshot:
             boot_time=_parse_time(document.get("boot_time")),
             os_build=_optional_str(document.get("os_build")),
             warnings=[(int(line), str(message)) for line, message in document.get("warnings", [])],
+            big_pool=_big_pool_from(document.get("big_pool")),
+            modules=modules_from_document(document, name),
         )
+    except ModulesError as error:
+        raise PoolSourceError(str(error)) from None
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise PoolSourceError(f"{name}: damaged pool snapshot ({error})") from None
 
@@ -156,6 +177,52 @@ def _optional_str(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise ValueError(f"expected a string, got {value!r}")
+
+
+def _big_pool_from(items: Any) -> list[BigPoolUsage] | None:
+    from .bigpool import BigPoolUsage
+
+    if items is None:
+        return None
+    usage = []
+    for item in items:
+        values = [item[k] for k in ("count", "bytes", "largest")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"big_pool counts must be non-negative integers: {item!r}")
+        if item["pool"] not in ("paged", "nonpaged") or not isinstance(item["tag"], str):
+            raise ValueError(f"big_pool entry with a bad tag or pool: {item!r}")
+        usage.append(BigPoolUsage(item["tag"], item["pool"], *values))
+    return usage
+
+
+def modules_from_document(document: Any, name: str) -> ModuleList | None:
+    """The module list a snapshot document recorded, None when it recorded none. Raises
+    ModulesError (a snapshot that is not one, damaged entries)."""
+    from ..modules.model import LoadedModule, ModuleList, ModulesError
+
+    if not is_snapshot_document(document):
+        raise ModulesError(f"{name}: JSON, but not a tagfind pool snapshot")
+    section = document.get("modules")
+    if section is None:
+        return None
+    try:
+        modules = []
+        for item in section["modules"]:
+            reported = item["reported"]
+            numbers = [item.get(k) for k in ("base", "size", "load_order")]
+            if not isinstance(reported, str) or not all(
+                n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 0)
+                for n in numbers
+            ):
+                raise ValueError(f"bad module entry {item!r}")
+            path = item.get("path")
+            modules.append(LoadedModule(reported, path if isinstance(path, str) else None,
+                                        *numbers))
+        return ModuleList(modules, source=f"snapshot {name} ({section.get('source', '')})",
+                          machine=document.get("machine"),
+                          taken_at=_parse_time(document.get("taken_at")))
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise ModulesError(f"{name}: damaged module list ({error})") from None
 
 
 def _parse_time(value: Any) -> datetime | None:
