@@ -137,11 +137,11 @@ def test_schema_2_index_is_migrated_in_place(wine, tmp_path):
     with sqlite3.connect(path) as conn:  # make it a schema 2 file, as version 2 wrote them
         conn.executescript(
             "DROP TABLE imported_contents; DROP TABLE imported_sites;"
-            " ALTER TABLE contents DROP COLUMN origin;"
+            " ALTER TABLE contents DROP COLUMN origin; ALTER TABLE sites DROP COLUMN runtime;"
             " UPDATE meta SET value = '2' WHERE key = 'schema_version';")
     with Index(path) as ix:
         assert ix.warnings == []
         stats = ix.refresh(listing(tmp_path / "a"), jobs=1)
         assert stats.scanned == 0 and len(ix.sites()) == count
         version = ix.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-        assert version.fetchone()[0] == "3"
+        assert version.fetchone()[0] == "4"

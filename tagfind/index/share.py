@@ -119,7 +119,8 @@ def export_index(conn: sqlite3.Connection, path: str | os.PathLike[str],
                 f" SELECT {site_columns} FROM imported_sites i WHERE NOT EXISTS"
                 " (SELECT 1 FROM contents c WHERE c.sha256 = i.sha256)"
             ).fetchall()
-            out.executemany(f"INSERT INTO sites VALUES ({', '.join('?' * 10)})", sites)
+            marks = ', '.join('?' * len(_SITE_COLUMNS))
+            out.executemany(f"INSERT INTO sites VALUES ({marks})", sites)
             out.execute("COMMIT")
         finally:
             out.close()
