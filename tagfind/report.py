@@ -164,6 +164,37 @@ def _annotate(rows: list[TagDriverRow], db: PoolTagDb | None) -> None:
                 row.notes.append(f"{tag!r} is used by many drivers: shared, not one owner")
 
 
+@dataclass
+class RuntimeTagDriver:
+    """A driver whose pool calls take a tag chosen at run time: for a tag no driver's code
+    proves (a randomised tag, or one borrowed to hide the driver), the next place to look."""
+
+    driver: str
+    path: str
+    calls: int  # pool calls whose tag is a run-time value (or may be replaced by one)
+    sources: list[str]  # the values, in words
+
+    def line(self) -> str:
+        return (f"{self.driver}: {self.calls} pool call(s) with a tag chosen at run time "
+                f"({'; '.join(self.sources)})  {self.path}")
+
+
+def runtime_tag_drivers(sites: Iterable[Any]) -> list[RuntimeTagDriver]:
+    """Per driver, its sites with a run-time tag, most calls first."""
+    by_path: dict[str, list[Any]] = defaultdict(list)
+    for site in sites:
+        if getattr(site, "runtime", ()):
+            by_path[site.path].append(site)
+    out = []
+    for path, group in by_path.items():
+        sources = sorted({runtime_text(r) for s in group for r in s.runtime})
+        calls = len({(s.rva, s.api) for s in group})
+        out.append(RuntimeTagDriver(driver_name(path), path, calls, sources[:3] + (
+            [f"{len(sources) - 3} more"] if len(sources) > 3 else [])))
+    out.sort(key=lambda d: (-d.calls, d.driver))
+    return out
+
+
 def unknown_site_counts(sites: Iterable[Any]) -> dict[str, int]:
     """Per driver path: calls to pool APIs whose tag could not be proven."""
     counts: dict[str, int] = defaultdict(int)

@@ -228,3 +228,50 @@ def test_real_process(drivers, tmp_path):
         assert bad.returncode == 2
         assert bad.stderr.startswith("tagfind: error:")
         assert bad.stderr.strip().count("\n") == 0 and "Traceback" not in bad.stderr
+
+
+# -- tags chosen at run time ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def modern_drivers(fixture_driver, tmp_path_factory) -> Path:
+    """main.sys and modern.sys: the second's wrappers let a global replace their tags."""
+    folder = tmp_path_factory.mktemp("modern")
+    shutil.copy(fixture_driver("main", "O2"), folder / "main.sys")
+    shutil.copy(fixture_driver("modern", "O2"), folder / "modern.sys")
+    return folder
+
+
+def _global_rva(path: Path, name: str) -> int:
+    from fixtures.expect import exported_names
+
+    return {v: k for k, v in exported_names(path).items()}[name]
+
+
+def test_a_tag_a_global_may_replace_says_so(modern_drivers, tmp_path):
+    rva = _global_rva(modern_drivers / "modern.sys", "g_RandomTag")
+    result = run(modern_drivers, tmp_path, "AleX", "-v")
+    assert result.exit_code == 0, result.output
+    assert "modern.sys" in result.stdout and "wrapper" in result.stdout
+    assert f"may be replaced at run time by the value at RVA 0x{rva:x}" in result.stdout
+    assert "may use a tag chosen at run time" in result.stdout  # the row's note
+    rows = json.loads(run(modern_drivers, tmp_path, "AleX", "--json").stdout)
+    sites = rows["rows"][0]["sites"]
+    assert sites and all(s["runtime"] == [f"global:0x{rva:x}"] for s in sites)
+    assert rows["runtime_tag_drivers"] == []  # the tag is proven: no hint
+
+
+def test_an_unproven_tag_names_the_drivers_that_choose_tags_at_run_time(modern_drivers,
+                                                                        tmp_path):
+    result = run(modern_drivers, tmp_path, "Zzqx")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("No driver's code proves 'Zzqx'")
+    listed = [line.split(":")[0].strip() for line in lines[1:]]
+    # main.sys reads its run-time tag from g_RuntimeTag; modern.sys has the randomised ones.
+    assert set(listed) == {"main.sys", "modern.sys"}
+    modern = next(line for line in lines if line.strip().startswith("modern.sys"))
+    rva = _global_rva(modern_drivers / "modern.sys", "g_RandomTag")
+    assert f"the value at RVA 0x{rva:x}" in modern
+    data = json.loads(run(modern_drivers, tmp_path, "Zzqx", "--json").stdout)
+    assert {d["driver"] for d in data["runtime_tag_drivers"]} == {"main.sys", "modern.sys"}

@@ -420,6 +420,7 @@ def test_json_schema(base):
     assert top["schema"] == 1 and top["drivers_indexed"] is True
     assert all(r["delta_allocs"] is None for r in top["rows"])
     documented = (ROOT / "docs" / "json.md").read_text()
-    for key in ("schema", *query["rows"][0].keys(), *row.keys(), "unproven_tag_calls",
+    for key in ("schema", *query["rows"][0].keys(), *query["rows"][0]["sites"][0].keys(),
+                *row.keys(), "unproven_tag_calls", "runtime_tag_drivers",
                 "drivers_indexed", "index"):
         assert f"`{key}`" in documented, key

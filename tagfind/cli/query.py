@@ -252,10 +252,30 @@ def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], glob
     db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches})
     rows = report.tag_rows(site_rows, byte_matches, db)
     unknown = report.unknown_site_counts(site_rows) if opts.driver is not None else {}
-    _emit(rows, opts, unknown)
+    proven = {r.tag_value for r in rows if r.evidence != "bytes"}
+    unproven = [t for t in exact if t not in proven]
+    runtime = report.runtime_tag_drivers(idx.runtime_tag_sites(files)) if unproven else []
+    _emit(rows, opts, unknown, runtime)
     if not rows and not opts.as_json and not opts.as_csv:
         echo_nothing(opened.empty_reason, globs_only=bool(globs) and not exact)
+    if runtime and not opts.as_json and not opts.as_csv:
+        _echo_runtime_hint(unproven, runtime)
     return EXIT_FOUND if rows else EXIT_NOTHING
+
+
+RUNTIME_HINT_LIMIT = 10  # drivers listed as the next place to look
+
+
+def _echo_runtime_hint(tags: list[int], drivers: list[Any]) -> None:
+    """No driver's code proves these tags: the drivers that choose tags at run time may
+    allocate with them (a randomised tag, or one borrowed to hide the driver)."""
+    shown = ", ".join(repr(tag_to_str(t)) for t in tags[:4])
+    click.echo(f"No driver's code proves {shown}. Drivers whose pool calls take a tag chosen "
+               "at run time, the next place to look:")
+    for entry in drivers[:RUNTIME_HINT_LIMIT]:
+        click.echo(f"  {entry.line()}")
+    if len(drivers) > RUNTIME_HINT_LIMIT:
+        click.echo(f"  ... and {len(drivers) - RUNTIME_HINT_LIMIT} more")
 
 
 def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
@@ -270,11 +290,16 @@ def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
     return matches
 
 
-def _emit(rows: list[Any], opts: QueryOptions, unknown: dict[str, int]) -> None:
+def _emit(rows: list[Any], opts: QueryOptions, unknown: dict[str, int],
+          runtime: list[Any] = ()) -> None:
+    from dataclasses import asdict
+
     from .. import report
 
     if opts.as_json:
-        click.echo(report.render_json(rows, {"unproven_tag_calls": unknown}))
+        click.echo(report.render_json(rows, {
+            "unproven_tag_calls": unknown,
+            "runtime_tag_drivers": [asdict(d) for d in runtime]}))
     elif opts.as_csv:
         click.echo(report.render_csv(rows), nl=False)
     elif rows:

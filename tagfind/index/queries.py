@@ -147,6 +147,12 @@ class Index(Database):
         ]
 
     @_guarded
+    def runtime_tag_sites(self, files: Sequence[str] | None = None) -> list[SiteRow]:
+        """Sites whose tag is, or may be replaced by, a value chosen at run time (a global, a
+        caller's structure): where a tag no driver proves may come from."""
+        return self._select_sites(["s.runtime != ''"], [], files)
+
+    @_guarded
     def sites_for_driver(self, name_or_path: str) -> list[SiteRow]:
         """All sites of the files named `name_or_path`: a file name (without regard to case,
         with or without its extension) or a path."""
