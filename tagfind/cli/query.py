@@ -28,9 +28,13 @@ MAX_GLOB_CHARS = 4  # a glob matches 4-character tags: at most 4 characters besi
 _HEX_ANY_CASE = re.compile(r"^0[xX][0-9a-fA-F]{1,8}$")
 
 EPILOG = """\b
-Commands:
+Commands (each has --help):
   tagfind TAG [TAG...]         the drivers whose code uses these tags (this command)
-  tagfind snapshot -o FILE     save the pool counters as JSON (tagfind snapshot --help)
+  tagfind snapshot -o FILE     save the pool counters as JSON (--every 30m: one per reading)
+  tagfind watch                a live poolmon view with a Driver column (--replay FILES)
+  tagfind trend FILES...       which tag keeps growing over saved snapshots, and whose driver
+  tagfind export --pooltag F   pooltag.txt lines for every tag with code evidence
+  tagfind index export|import  share scan results between machines
   tagfind --version            the version
 
 \b
@@ -75,7 +79,8 @@ class QueryCommand(click.Command):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         formatter.write_usage("tagfind", "[OPTIONS] [TAG]...")
-        formatter.write_usage("tagfind", "snapshot -o FILE [--from LOG]", prefix="       ")
+        formatter.write_usage("tagfind", "snapshot|watch|trend|export|index ...",
+                              prefix="       ")
 
 
 @click.command("query", cls=QueryCommand, epilog=EPILOG,
