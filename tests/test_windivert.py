@@ -22,7 +22,9 @@ it were read by hand:
 MmBuildMdlForNonPagedPool takes no tag. WinDivert 1.3 creates its NET_BUFFER_LIST pool with
 NdisAllocateNetBufferListPool(NULL, &params) at 0x14c5, after `mov dword ptr [rsp+0x40],
 0x76694457` into the parameters at [rsp+0x38] (PoolTag is at +8): a tagged-api site, hand-checked
-in the disassembly. WinDivert 2.2 imports it too but gives no site (not looked into yet).
+in the disassembly. WinDivert 2.2 calls it through a MinGW-style import thunk (`call 0xbbfc`) at
+0x331e, the tag stored as `mov qword ptr [rbp+0x78], 0x76694457` into the parameters at
+[rbp+0x70]: the same site, hand-checked too.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ WINDIVERT_2_2_SITES = [
     *_frees(0x295A, 0x4D81, 0x4E5B, 0x5425, 0x5461, 0x7911, 0x7E99, 0x7F28, 0x7FA5, 0x7FCF),
     *_frees(0x8B3D, 0x96C8, 0x9790, 0x97BD, 0x9AC1, 0xA028, 0xA3C9, 0xA42E, 0xAE34, 0xAE88),
     *_frees(0xB07C, 0xB8A9, 0xBA32, 0xBAE8),
+    (0x331E, "NdisAllocateNetBufferListPool", "tagged-api", None, None),
 ]
 
 WINDIVERT_1_3_SITES = [

@@ -197,6 +197,7 @@ class Arm64Semantics:
         self.image = image
         self.base = image.image_base
         self.imports = image.imports
+        self.local_apis: dict[int, str] = {}  # import thunks -> imported name (the backend's)
         self.guard = _guard_pointers(image)  # slot RVA -> GUARD_CHECK | (GUARD_DISPATCH, reg)
         imported = set(self.imports.values())
         # Calls whose effect we model, only when the image looks routines up by name (else no
@@ -571,6 +572,8 @@ class Arm64Semantics:
                 args.append(value if value is not None else read_stack(state, LAYOUT, offset, 4))
             else:
                 args.append(None)
+        if isinstance(target, int) and target in self.local_apis:
+            target = ("imp", self.local_apis[target])  # an import thunk: its API reads alike
         api = structured_api(target)
         if api is not None and api.tag_arg is not None:
             args[api.tag_arg] = structure_tag(api, state, args[api.tag_arg], 64, self._field,
@@ -704,6 +707,7 @@ class Arm64Backend:
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
         self._scan_code()
+        self.semantics.local_apis = self._thunks
         # Starts of code without .pdata (leaf functions, thunks): what bl calls, thunks, exports.
         self._known_starts = np.unique(np.concatenate([
             self._bl_targets, np.array(sorted(self._thunks), dtype=np.int64),

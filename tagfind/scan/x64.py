@@ -85,6 +85,7 @@ class X64Semantics(IntelSemantics):
         self.resolver_thunks: dict[int, str] = {}  # MinGW `jmp [IAT]` stubs of RESOLVER_IMPORTS
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
         self.tracks_globals = False  # set once runtime_slots or wdf_tables are known
+        self.local_apis: dict[int, str] = {}  # import thunks and own exports -> API (backend)
 
     @staticmethod
     def entry_state() -> State:
@@ -143,8 +144,14 @@ class X64Semantics(IntelSemantics):
             return None
         return routine_name(self.image, self._rva(buffer))
 
+    def _image_address(self, rva: int) -> Value | None:
+        # lea of an image address gives its VA, as a pointer stored in the image holds it: one
+        # form for both, so an RVA is never taken for a VA (old drivers load at 0x10000, below
+        # many of their own RVAs).
+        return rva + self.base
+
     def _rva(self, value: int) -> int:
-        """An address as an RVA: lea gives RVAs, pointers stored in the image are VAs."""
+        """An address (a VA, from lea or loaded from the image) as an RVA."""
         return value - self.base if value >= self.base else value
 
     def note_wdf_bind(self, bind_info: Value | None) -> None:
@@ -222,9 +229,12 @@ class X64Semantics(IntelSemantics):
                 args.append(read_stack(state, LAYOUT, sp[1] + 8 * k + (8 if tail else 0), 4))
             else:
                 args.append(None)
-        api = structured_api(target)
+        api = structured_api(("imp", self.local_apis[target])
+                             if isinstance(target, int) and target in self.local_apis
+                             else target)
         if api is not None:
-            # The finder sees the tag where the structure pointer was.
+            # The finder sees the tag where the structure pointer was (also through an import
+            # thunk: its API reads the structure alike).
             pointer = self._pointer_arg(state, api.tag_arg, tail)
             args[api.tag_arg] = structure_tag(api, state, pointer, 64, self._field, self.image,
                                               self._rva)
@@ -278,6 +288,7 @@ class X64Backend(IntelBackend):
         self._resolver_hits: list[int] = []
         self._resolver_jumps: dict[int, str] = {}  # jmp [IAT] of a resolver import -> name
         self._scan_code()
+        self.semantics.local_apis = self._local_apis
         self._resolve_pointers()
 
     # --- byte-pattern pass ------------------------------------------------------------------

@@ -398,7 +398,8 @@ class X86Semantics(IntelSemantics):
             base = sp + (4 if tail else 0)
             slots = [read_stack(state, LAYOUT, base + 4 * k, 4) for k in range(MAX_SLOTS)]
         name = self.api_name(target)
-        api = structured_api(target)
+        # Through an import thunk too: its API takes its tag from the structure alike.
+        api = structured_api(("imp", name) if name is not None else target)
         if api is not None:
             # The finder sees the tag where the structure pointer was.
             slots[api.tag_arg] = structure_tag(api, state, slots[api.tag_arg], 32, self._field,
