@@ -109,6 +109,7 @@ _ALU = {
     "lsl": lambda a, b: a << (b & 63),
     "lsr": lambda a, b: a >> (b & 63),
 }
+_OBSERVED = frozenset({"b", "bl", "blr", "br"})  # what the observer of a function looks at
 # Conditional selects: the result is the first source or, changed like this, the second.
 _SELECTS = {
     "csel": lambda b: b,
@@ -964,5 +965,6 @@ class Arm64Backend:
         def orphan(_address: int) -> State:
             return sem.unknown_state() if has_pdata else sem.entry_state()
 
-        converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe)
+        converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe,
+                        observed=lambda insn: insn.mnemonic in _OBSERVED)
         return events if converged else without_args(events)

@@ -11,6 +11,7 @@ of a set at a call is carried there by some path, and nothing that no path carri
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,10 +150,12 @@ def run(
     orphan_state: Callable[[int], State],
     observe: Callable[[State, Insn], Any],
     max_rounds: int = 40,
+    observed: Callable[[Insn], bool] | None = None,
 ) -> bool:
     """Iterate states to a fixpoint, then replay every block once calling observe(state, insn)
     before each instruction's transfer. Blocks no edge reaches start from
-    orphan_state(address of the block).
+    orphan_state(address of the block). `observed(insn)` says which instructions observe
+    cares about (calls, jumps): the replay of a block stops after its last one.
     Returns False when the iteration budget ran out before a fixpoint: the observed values
     may then be wrong and must not be trusted."""
     if not insns:
@@ -186,17 +189,21 @@ def run(
     for b in range(1, len(blocks)):
         if preds_count[b] == 0:
             states[b] = orphan_state(insns[blocks[b][0]].address)
-    work = list(range(len(blocks)))
+    # Blocks in address order approximate reverse postorder for compiled code: taking the
+    # lowest pending block first lets each block see its predecessors' states before it runs,
+    # so most blocks run once and loops a few times.
+    work = [b for b in range(len(blocks)) if states[b] is not None]
+    queued = [False] * len(blocks)
+    for b in work:
+        queued[b] = True
     visits = [0] * len(blocks)
     rounds = 0
     budget = max_rounds * len(blocks)
     while work and rounds < budget:
         rounds += 1
-        b = work.pop()
-        state_in = states[b]
-        if state_in is None:
-            continue
-        state = state_in.copy()
+        b = heapq.heappop(work)
+        queued[b] = False
+        state = states[b].copy()
         s, e = blocks[b]
         for i in range(s, e):
             transfer(state, insns[i])
@@ -206,9 +213,16 @@ def run(
             new = state.copy() if old is None else old.meet(state, visits[nb] > WIDEN_AFTER)
             if old is None or not new.same_as(old):
                 states[nb] = new
-                work.append(nb)
+                if not queued[nb]:
+                    queued[nb] = True
+                    heapq.heappush(work, nb)
 
     for b, (s, e) in enumerate(blocks):
+        if observed is not None:
+            while e > s and not observed(insns[e - 1]):
+                e -= 1
+            if e == s:
+                continue
         state_in = states[b]
         if state_in is None:  # reached only from blocks the budget never got to
             state_in = orphan_state(insns[s].address)

@@ -461,7 +461,8 @@ class X64Backend(IntelBackend):
                 return Flow((), False)
             return result
 
-        converged = run(insns, entry, sem.transfer, flow, orphan, observe)
+        converged = run(insns, entry, sem.transfer, flow, orphan, observe,
+                        observed=_calls_or_jumps)
         addresses = [insn.address for insn in insns]
         starts = sorted({_skip_padding(insns, a, addresses) for a in entries})
         out = []
@@ -472,6 +473,10 @@ class X64Backend(IntelBackend):
             else:
                 out.append(CallEvent(e.rva, owner, e.target, (None,) * len(e.args)))
         return out
+
+
+def _calls_or_jumps(insn: Insn) -> bool:
+    return insn.mnemonic in ("call", "jmp")
 
 
 def _skip_padding(insns: list[Insn], address: int, addresses: list[int] | None = None) -> int:

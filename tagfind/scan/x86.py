@@ -741,7 +741,8 @@ class X86Backend(IntelBackend):
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
-        converged = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(), observe)
+        converged = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(), observe,
+                        observed=lambda insn: insn.mnemonic in ("call", "jmp"))
         return events if converged else without_args(events)
 
 
