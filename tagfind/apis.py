@@ -197,8 +197,12 @@ EVIDENCE_OF_KIND = {
     "untagged": "untagged",
 }
 
-# Strongest first; a driver's evidence for a tag is the best of its sites.
-EVIDENCE_ORDER = ("call", "wrapper", "lookaside", "free", "tagged-api", "untagged", "bytes")
+# Strongest first; a driver's evidence for a tag is the best of its sites. "callback": the tag
+# reaches a pool API through an indirect call matched only by its shape (a structure argument
+# holding the tag where the only function that reads a tag from such a structure reads it):
+# weaker than every proven kind.
+EVIDENCE_ORDER = ("call", "wrapper", "lookaside", "free", "tagged-api", "untagged", "callback",
+                  "bytes")
 EVIDENCE_RANK = {name: rank for rank, name in enumerate(EVIDENCE_ORDER)}
 
 # POOL_TYPE values (wdm.h). Session and cache-aligned variants keep the base type's paging.

@@ -231,6 +231,22 @@ class PEImage:
         section = self.section_at(rva)
         return section is not None and section.writable and not section.executable
 
+    def words_holding(self, values: set[int], width: int) -> list[int]:
+        """RVAs of the aligned `width`-byte words of the data sections (not executable) that
+        hold one of values: globals and tables that keep a pointer."""
+        if not values:
+            return []
+        wanted = np.array(sorted(values), dtype=np.uint64)
+        out: list[int] = []
+        for section in self.sections:
+            if section.executable or len(section.data) < width:
+                continue
+            count = len(section.data) // width
+            words = np.frombuffer(section.data, dtype=f"<u{width}", count=count).astype(np.uint64)
+            hits = np.flatnonzero(np.isin(words, wanted))
+            out.extend(section.rva + width * int(i) for i in hits)
+        return out
+
     @property
     def code_sections(self) -> list[Section]:
         return [s for s in self.sections if s.executable and s.size]

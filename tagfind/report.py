@@ -179,6 +179,9 @@ class RuntimeTagDriver:
                 f"({'; '.join(self.sources)})  {self.path}")
 
 
+RUNTIME_SOURCES = 4  # run-time values named per driver in the hint
+
+
 def runtime_tag_drivers(sites: Iterable[Any]) -> list[RuntimeTagDriver]:
     """Per driver, its sites with a run-time tag, most calls first."""
     by_path: dict[str, list[Any]] = defaultdict(list)
@@ -187,10 +190,14 @@ def runtime_tag_drivers(sites: Iterable[Any]) -> list[RuntimeTagDriver]:
             by_path[site.path].append(site)
     out = []
     for path, group in by_path.items():
-        sources = sorted({runtime_text(r) for s in group for r in s.runtime})
+        # Globals first (a randomised tag lives in one), then structure fields, in RVA order.
+        items = sorted({r for s in group for r in s.runtime},
+                       key=lambda r: (not r.startswith("global:"), len(r), r))
+        sources = [runtime_text(r) for r in items]
         calls = len({(s.rva, s.api) for s in group})
-        out.append(RuntimeTagDriver(driver_name(path), path, calls, sources[:3] + (
-            [f"{len(sources) - 3} more"] if len(sources) > 3 else [])))
+        out.append(RuntimeTagDriver(driver_name(path), path, calls, sources[:RUNTIME_SOURCES] + (
+            [f"{len(sources) - RUNTIME_SOURCES} more"] if len(sources) > RUNTIME_SOURCES
+            else [])))
     out.sort(key=lambda d: (-d.calls, d.driver))
     return out
 

@@ -22,7 +22,7 @@ JSON_SCHEMA = 1  # the "schema" field of --top's JSON (docs/json.md)
 
 # Points per evidence kind: a direct call with the tag is the best proof of ownership.
 EVIDENCE_POINTS = {"call": 40, "wrapper": 35, "lookaside": 30, "untagged": 30, "free": 15,
-                   "tagged-api": 10}
+                   "tagged-api": 10, "callback": 5}
 POOL_AGREES, POOL_DISAGREES, SIZE_FITS = 20, -15, 15
 POOL_HEADER = 16  # bytes Windows adds before each small block (x64)
 

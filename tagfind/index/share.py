@@ -45,7 +45,7 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 _VIA = re.compile(r"^(?:\d{1,10}(?:,\d{1,10}){0,63})?$")
 _API = re.compile(r"^[A-Za-z_][\w@.!]{0,99}$")
 _ARCHES = {None, "x64", "x86", "arm64"}
-_EVIDENCE = {"call", "wrapper", "lookaside", "free", "tagged-api", "untagged"}
+_EVIDENCE = {"call", "wrapper", "lookaside", "free", "tagged-api", "untagged", "callback"}
 _I64 = (-(1 << 63), (1 << 63) - 1)
 _MAX_TEXT = 2000
 

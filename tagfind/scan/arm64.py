@@ -53,11 +53,9 @@ from ..apis import (
     WDF_BIND_INFO_FUNC_TABLE,
     structured_api,
 )
-from .dataflow import Flow, Insn, State, Value, join, run
+from .dataflow import FIELD, GLOBAL, INDIRECT, Flow, Insn, State, Value, join, run
 from .finder import CallEvent
 from .frames import (
-    FIELD,
-    GLOBAL,
     CallIndex,
     FrameLayout,
     entry_state,
@@ -863,6 +861,13 @@ class Arm64Backend:
             page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
             yield w, pc, ai, page, w[ai] & 31
 
+    def address_users(self, functions: set[int]) -> list[int]:
+        """Code that takes the address of one of functions, or loads it from a global holding
+        it (where a call through a pointer to them may be)."""
+        base = self.image.image_base
+        holders = self.image.words_holding({f + base for f in functions}, 8)
+        return self._references(set(functions) | set(holders))
+
     def _references(self, targets: set[int]) -> list[int]:
         """RVAs of the `ldr xN, [xM, #off]` / `add xN, xM, #off` after an ADRP that address
         one of targets."""
@@ -952,7 +957,16 @@ class Arm64Backend:
             if insn.address - 8 in self._thunks:
                 return  # an import thunk's own branch stands for the API; it is not a use
             target = sem.call_target(state, insn)
-            if target is None:
+            if not (isinstance(target, int)
+                    or (isinstance(target, tuple) and target[0] in ("imp", "wdf"))):
+                if mnem == "blr":
+                    # An indirect call: kept only when it hands a stack structure (see the
+                    # finder's callbacks).
+                    args = sem.call_args(state, None)
+                    fields = stack_fields(state, args)
+                    if fields:
+                        events.append(CallEvent(insn.address, function, INDIRECT, tuple(args),
+                                                fields))
                 return
             args = sem.call_args(state, target)
             fields = stack_fields(state, args) if isinstance(target, int) else ()

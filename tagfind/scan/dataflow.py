@@ -18,6 +18,11 @@ from typing import Any
 
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
 
+# Symbolic values every backend makes:
+GLOBAL = "glob"  # ("glob", rva): the value of writable image memory at rva, read at run time
+FIELD = "field"  # ("field", k, offset): the ULONG at offset in the structure argument k points at
+INDIRECT = ("indirect",)  # the target of a call through a pointer nothing resolved
+
 MAX_VALUES = 8  # alternatives one register or slot may hold before it counts as unknown
 # Merges into one block after which growing values become unknown (a loop): alternatives come
 # from the first paths to arrive, and the fixpoint takes a few rounds instead of one per member.

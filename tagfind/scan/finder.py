@@ -14,7 +14,7 @@ from typing import Protocol
 
 from ..apis import POOL_APIS, WDF_APIS_BY_INDEX, PoolApi, api_for_call
 from ..tags import NONE_TAG, strip_protected
-from .dataflow import Value, members
+from .dataflow import INDIRECT, Value, members
 from .model import Site, evidence_for
 
 MAX_WRAPPER_DEPTH = 8
@@ -50,6 +50,9 @@ class Wrapper:
     # Set when the tag is the ULONG at this offset of the structure argument `tag_arg` points
     # at (`ExFreePoolWithTag(p, obj->Tag)`), not the argument itself.
     tag_offset: int | None = None
+    # A link of the chain is an indirect call matched by its shape (see _callback_of): the
+    # sites it gives have the weaker evidence "callback".
+    callback: bool = False
 
 
 class Backend(Protocol):
@@ -59,6 +62,7 @@ class Backend(Protocol):
     def analyse(self, function: int) -> list[CallEvent]: ...
     def function_of(self, rva: int) -> int | None: ...
     def constant_field(self, pointer: int, offset: int) -> Value | None: ...
+    def address_users(self, functions: set[int]) -> Iterable[int]: ...
 
 
 class SiteFinder:
@@ -71,10 +75,16 @@ class SiteFinder:
 
     def run(self) -> list[Site]:
         pending = list(dict.fromkeys(self.backend.candidate_functions()))
+        looked_up: set[int] = set()
         for _depth in range(MAX_WRAPPER_DEPTH + 1):
             new_wrappers = self._analyse_all(pending)
             if not new_wrappers:
-                break
+                # Functions that take a tag from a structure argument may be callbacks: the
+                # code that uses their address may call them through a pointer.
+                pending = self._callback_users(looked_up)
+                if not pending:
+                    break
+                continue
             pending = []
             for wrapper in new_wrappers:
                 for caller in self.backend.callers_of(wrapper):
@@ -83,6 +93,16 @@ class SiteFinder:
                         pending.append(function)
             pending = list(dict.fromkeys(pending))
         return self._sites()
+
+    def _callback_users(self, looked_up: set[int]) -> list[int]:
+        """Not yet analysed functions that reference a structure-field wrapper's address."""
+        fresh = {rva for rva, w in self.wrappers.items()
+                 if w.tag_offset is not None and rva not in looked_up}
+        if not fresh:
+            return []
+        looked_up |= fresh
+        users = (self.backend.function_of(rva) for rva in self.backend.address_users(fresh))
+        return [f for f in dict.fromkeys(users) if f is not None and f not in self.events]
 
     # --- analysis ---------------------------------------------------------------------------
     def _analyse_all(self, functions: list[int]) -> list[int]:
@@ -130,7 +150,22 @@ class SiteFinder:
             wrapper = self.wrappers.get(target)
             if wrapper is not None:
                 return POOL_APIS[wrapper.api], wrapper, target
+        if target == INDIRECT:
+            callee = self._callback_of(event)
+            if callee is not None:
+                return POOL_APIS[self.wrappers[callee].api], self.wrappers[callee], callee
         return None
+
+    def _callback_of(self, event: CallEvent) -> int | None:
+        """The function an indirect call reaches, matched by shape: the call hands a stack
+        structure holding a value at (argument k, offset o), and exactly one function of the
+        driver takes its tag from field o of its argument k (a generic object-creation routine
+        calling an initialise callback through a pointer). None when no function or several
+        fit: the match is evidence only where it is unique."""
+        present = {(arg, offset) for arg, offset, _value in event.fields}
+        fits = [rva for rva, w in self.wrappers.items()
+                if w.tag_offset is not None and (w.tag_arg, w.tag_offset) in present]
+        return fits[0] if len(fits) == 1 else None
 
     def _as_wrapper(self, function: int, events: list[CallEvent]) -> Wrapper | None:
         for event in events:
@@ -150,9 +185,12 @@ class SiteFinder:
             inner = wrapper.runtime if wrapper else ()
             others = [v for v in alternatives if not _is_field(v)]
             runtime = _merge(inner, _runtime(others))
+            callback = event.target == INDIRECT or (wrapper is not None and wrapper.callback)
             if forwarded:
-                return Wrapper(api.name, forwarded[0], via, pool, size, runtime)
-            return Wrapper(api.name, fields[0][0], via, pool, size, runtime, fields[0][1])
+                return Wrapper(api.name, forwarded[0], via, pool, size, runtime,
+                               callback=callback)
+            return Wrapper(api.name, fields[0][0], via, pool, size, runtime, fields[0][1],
+                           callback)
         return None
 
     def _tag_value(self, event: CallEvent, api: PoolApi, wrapper: Wrapper | None) -> Value | None:
@@ -202,7 +240,8 @@ class SiteFinder:
         pool, size = self._pool_and_size(api, wrapper, event.args)
         pool = pool if isinstance(pool, int) else None
         size = size if isinstance(size, int) else None
-        evidence = evidence_for(api.name, via)
+        callback = event.target == INDIRECT or (wrapper is not None and wrapper.callback)
+        evidence = evidence_for(api.name, via, callback)
         if api.tag_arg is None:
             return [Site(event.rva, api.name, NONE_TAG, evidence, False, pool, size, via,
                          function)]

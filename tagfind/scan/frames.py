@@ -29,9 +29,6 @@ class FrameLayout:
     word_bits: int  # register width: values narrower than this are masked on read
 
 
-# Symbolic values every backend makes:
-GLOBAL = "glob"  # ("glob", rva): the value of writable image memory at rva, read at run time
-FIELD = "field"  # ("field", k, offset): the ULONG at offset in the structure argument k points at
 
 # Symbolic values that stay themselves when read through 32 bits: a ULONG argument forwarded
 # from the low half of an argument slot, a ULONG global, a ULONG structure field.

@@ -22,11 +22,9 @@ import capstone
 import numpy as np
 
 from ..apis import APIS_BY_IMPORT
-from .dataflow import Flow, Insn, State, Value, join, members, one_of
+from .dataflow import FIELD, GLOBAL, INDIRECT, Flow, Insn, State, Value, join, members, one_of
 from .finder import CallEvent
 from .frames import (
-    FIELD,
-    GLOBAL,
     CallIndex,
     FrameLayout,
     narrow,
@@ -627,6 +625,12 @@ def code_bounds(sections) -> tuple[int, int]:
     return min(s.rva for s in sections), max(s.rva + s.size for s in sections)
 
 
+def _resolved(target: Value | None) -> bool:
+    """A call target the finder can follow: local code, an import, a WDF table slot (not a
+    pointer held in a register or a global)."""
+    return isinstance(target, int) or (isinstance(target, tuple) and target[0] in ("imp", "wdf"))
+
+
 # --- the backend protocol pieces both modes share ---------------------------------------------
 class IntelBackend:
     """The parts of a backend both modes share. A subclass sets `semantics`, fills `_hits`
@@ -688,7 +692,15 @@ class IntelBackend:
             elif mnem != "call":
                 return
             target = sem.call_target(state, insn)
-            if target is None:
+            if not _resolved(target):
+                if mnem == "call":
+                    # An indirect call: kept only when it hands a stack structure, which a
+                    # callback reading its tag from that structure may match by shape.
+                    args = sem.call_args(state, insn, None, tail=False)
+                    fields = stack_fields(state, args)
+                    if fields:
+                        events.append(CallEvent(insn.address, function, INDIRECT, tuple(args),
+                                                fields))
                 return
             args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
             fields = stack_fields(state, args) if isinstance(target, int) else ()

@@ -40,8 +40,11 @@ class Site:
         return POOL_APIS[self.api].pool_is_flags
 
 
-def evidence_for(api: str, via: tuple[int, ...]) -> str:
-    """Evidence name for a site reaching `api`, directly or through wrappers."""
+def evidence_for(api: str, via: tuple[int, ...], callback: bool = False) -> str:
+    """Evidence name for a site reaching `api`, directly or through wrappers (callback: a link
+    of the chain is an indirect call matched by its shape)."""
+    if callback:
+        return "callback"
     kind = POOL_APIS[api].kind
     if kind == "alloc" and via:
         return "wrapper"

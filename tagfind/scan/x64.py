@@ -369,6 +369,12 @@ class X64Backend(IntelBackend):
         if targets:
             self._hits.extend(self._rip_references(targets))
 
+    def address_users(self, functions: set[int]) -> list[int]:
+        """Code that takes the address of one of functions, or loads it from a global holding
+        it (where a call through a pointer to them may be)."""
+        holders = self.image.words_holding({f + self.base for f in functions}, 8)
+        return self._rip_references(set(functions) | set(holders))
+
     def _rip_references(self, targets: set[int]) -> list[int]:
         """Locations of rip-relative displacements that address one of targets."""
         wanted = np.array(sorted(targets), dtype=np.int64)

@@ -175,6 +175,13 @@ OTHER_IMPORT_POPS: dict[str, int] = {
 }
 
 
+# The multi-byte nops compilers pad functions with (Intel SDM, "Recommended Multi-Byte
+# Sequence of NOP Instruction"; clang and GCC emit them, MSVC pads with int3).
+_LONG_NOPS = (b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
+              b"\x66\x0f\x1f\x44\x00\x00", b"\x0f\x1f\x80\x00\x00\x00\x00",
+              b"\x0f\x1f\x84\x00\x00\x00\x00\x00")
+
+
 def import_pops(name: str) -> int | None:
     """Bytes the import pops off the stack on return, None when not known."""
     argc = POOL_API_ARGC.get(name)
@@ -533,11 +540,22 @@ class X86Backend(IntelBackend):
                 if sem.api_name(event.target) == WDF_BIND_IMPORT and len(event.args) > 2:
                     sem.note_wdf_bind(event.args[2])
         globals_ = set(sem.runtime_slots) | sem.wdf_tables
-        if not globals_:
-            return
-        wanted = np.array(sorted(rva + self.base for rva in globals_), dtype=np.int64)
+        if globals_:
+            self._hits.extend(self._absolute_references(globals_))
+
+    def _absolute_references(self, targets: set[int]) -> list[int]:
+        """Locations of 4-byte operands in the code that hold the VA of one of targets."""
+        wanted = np.array(sorted((rva + self.base) & MASK32 for rva in targets), dtype=np.int64)
+        out: list[int] = []
         for section, _raw, start, _q, value in scan_dwords(self.image.code_sections):
-            self._hits.extend(section.rva + start + i for i in find_in(value & MASK32, wanted))
+            out.extend(section.rva + start + i for i in find_in(value & MASK32, wanted))
+        return out
+
+    def address_users(self, functions: set[int]) -> list[int]:
+        """Code that takes the address of one of functions, or loads it from a global holding
+        it (where a call through a pointer to them may be)."""
+        holders = self.image.words_holding({(f + self.base) & MASK32 for f in functions}, 4)
+        return self._absolute_references(set(functions) | set(holders))
 
     def _classify_jumps(self) -> None:
         """`jmp [IAT]` is the linker's import thunk when something calls it (E8) or when it
@@ -621,11 +639,15 @@ class X86Backend(IntelBackend):
         return targets[in_code]
 
     def _after_boundary(self, rva: int) -> bool:
-        """rva follows padding, a ret or a jmp, or starts its section."""
+        """rva follows padding (int3, nop, a multi-byte nop), a ret or a jmp, or starts its
+        section."""
         section = self.image.section_at(rva)
         if section is None:
             return False
         if rva == section.rva:
+            return True
+        if self.image.read(max(section.rva, rva - 10), min(10, rva - section.rva)).endswith(
+                _LONG_NOPS):
             return True
         before = self.image.read(max(section.rva, rva - 5), min(5, rva - section.rva))
         if before[-1:] in (b"\xcc", b"\x90", b"\xc3"):
