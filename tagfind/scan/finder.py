@@ -19,6 +19,7 @@ from .model import Site, evidence_for
 
 MAX_WRAPPER_DEPTH = 8
 MAX_FUNCTIONS = 20000  # analysis budget per file; past it the scan is reported partial
+MAX_CALLBACKS = 32  # structure-field wrappers whose address users are looked up per file
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class SiteFinder:
         self.local_apis = backend.local_apis()  # local RVA (thunk, own export) -> API
         self.events: dict[int, list[CallEvent]] = {}
         self.wrappers: dict[int, Wrapper] = {}
+        # Structure-field wrapper -> the functions that use its address (callback candidates).
+        self.callback_users: dict[int, set[int]] = {}
         self.truncated = False
 
     def run(self) -> list[Site]:
@@ -95,14 +98,18 @@ class SiteFinder:
         return self._sites()
 
     def _callback_users(self, looked_up: set[int]) -> list[int]:
-        """Not yet analysed functions that reference a structure-field wrapper's address."""
-        fresh = {rva for rva, w in self.wrappers.items()
-                 if w.tag_offset is not None and rva not in looked_up}
-        if not fresh:
-            return []
-        looked_up |= fresh
-        users = (self.backend.function_of(rva) for rva in self.backend.address_users(fresh))
-        return [f for f in dict.fromkeys(users) if f is not None and f not in self.events]
+        """Not yet analysed functions that use a structure-field wrapper's address (take it,
+        or load it from a global that holds it): where it may be called through a pointer."""
+        fresh = [rva for rva, w in self.wrappers.items()
+                 if w.tag_offset is not None and rva not in looked_up]
+        pending: list[int] = []
+        for rva in fresh[:MAX_CALLBACKS - len(looked_up)]:
+            looked_up.add(rva)
+            users = {self.backend.function_of(r) for r in self.backend.address_users({rva})}
+            users.discard(None)
+            self.callback_users[rva] = users
+            pending += [f for f in users if f not in self.events]
+        return list(dict.fromkeys(pending))
 
     # --- analysis ---------------------------------------------------------------------------
     def _analyse_all(self, functions: list[int]) -> list[int]:
@@ -159,12 +166,14 @@ class SiteFinder:
     def _callback_of(self, event: CallEvent) -> int | None:
         """The function an indirect call reaches, matched by shape: the call hands a stack
         structure holding a value at (argument k, offset o), and exactly one function of the
-        driver takes its tag from field o of its argument k (a generic object-creation routine
-        calling an initialise callback through a pointer). None when no function or several
-        fit: the match is evidence only where it is unique."""
+        driver takes its tag from field o of its argument k and has its address used by the
+        calling function (a generic object-creation routine calling an initialise callback
+        through a pointer). None when no function or several fit: the match is evidence only
+        where it is unique."""
         present = {(arg, offset) for arg, offset, _value in event.fields}
         fits = [rva for rva, w in self.wrappers.items()
-                if w.tag_offset is not None and (w.tag_arg, w.tag_offset) in present]
+                if w.tag_offset is not None and (w.tag_arg, w.tag_offset) in present
+                and event.function in self.callback_users.get(rva, ())]
         return fits[0] if len(fits) == 1 else None
 
     def _as_wrapper(self, function: int, events: list[CallEvent]) -> Wrapper | None:
