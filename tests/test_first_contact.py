@@ -424,3 +424,29 @@ def test_json_schema(base):
                 *row.keys(), "unproven_tag_calls", "runtime_tag_drivers",
                 "drivers_indexed", "index"):
         assert f"`{key}`" in documented, key
+
+
+# snapshot over time (issue 12) through the entry point ----------------------------------------
+def test_snapshot_converts_many_logs_into_a_folder(tmp_path):
+    out = tmp_path / "series"
+    proc = tagfind("snapshot", "--from", "sample:drsd-before.txt", "--from",
+                   "sample:drsd-after.txt", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(out.iterdir())
+    assert [f.name.split("-", 1)[0] for f in files] == ["0001", "0002"]  # in the order given
+    assert all(json.loads(f.read_text())["format"] == "tagfind-pool-snapshot" for f in files)
+    trend = tagfind("trend", *map(str, files), "--json")
+    assert trend.returncode in (0, 1), trend.stderr
+    rows = json.loads(trend.stdout)["rows"]
+    assert any(r["tag"] == "Drsd" for r in rows)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="off Windows only")
+@pytest.mark.parametrize("args", [
+    ["--every", "30m", "--count", "2"],  # live capture: no live counters here
+    ["--every", "soon"],  # not a duration
+    ["--count", "3"],  # --count without --every
+    ["--every", "1s", "--from", "sample:drsd-before.txt"],  # both live and a log
+])
+def test_snapshot_over_time_bad_use_is_one_line(tmp_path, args):
+    clean(tagfind("snapshot", "-o", str(tmp_path / "dir"), *args), 2)

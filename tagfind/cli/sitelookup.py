@@ -16,7 +16,7 @@ def sites_by_tag(opened: OpenIndex, tags: Iterable[str]) -> dict[str, list[Any]]
     """{tag: sites} for the tags (as poolmon shows them) the index has code evidence for."""
     values = sorted({v for tag in tags if (v := tag_value(tag)) is not None})
     grouped: dict[str, list[Any]] = defaultdict(list)
-    if values:
+    if values and opened.index is not None:  # None: no drivers here (saved files only)
         for site in opened.index.sites(tags=values, files=opened.files):
             if site.tag is not None:
                 grouped[tag_to_str(site.tag)].append(site)

@@ -90,10 +90,13 @@ def run_trend(src: SourceOptions, opts: TrendOptions) -> int:
         raise Fatal("a trend needs at least two snapshots")
     ranked = trend.rank(trend.build_trends(series), opts.sort_key, opts.pool_type,
                         opts.growing)[: opts.top]
-    with open_index(src, verbose=opts.verbose) as opened:
+    # Saved snapshots off Windows need no drivers: the table then has pooltag.txt's owners.
+    with open_index(src, verbose=opts.verbose, allow_no_sources=True) as opened:
         sites = [s for group in sites_by_tag(opened, {t.tag for t in ranked}).values()
                  for s in group]
         trend.attach_drivers(ranked, sites, load_pooltag_db(src, {t.tag for t in ranked}))
+        if opened.note:
+            click.echo(f"tagfind: {opened.note}", err=True)
     if opts.plot:
         try:
             plot_trends(opts.plot, [t for t in ranked if t.growing][: opts.plot_top], series,

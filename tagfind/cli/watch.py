@@ -84,7 +84,7 @@ def run_watch(src: SourceOptions, opts: WatchOptions) -> int:
             tags = None
     except (PoolSourceError, WatchUnavailable) as exc:
         raise Fatal(str(exc)) from None
-    with open_index(src) as opened:
+    with open_index(src, allow_no_sources=bool(opts.replay)) as opened:
         db = load_pooltag_db(src, tags) if tags is not None else _full_db(src)
         model = WatchModel(resolver=lambda new: sites_by_tag(opened, new),
                            owner_text=lambda tag: _owner(db, tag), top=opts.top,
