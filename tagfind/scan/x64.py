@@ -268,6 +268,9 @@ class X64Semantics(IntelSemantics):
 
 # --- backend: candidates by byte patterns, then per-function analysis -------------------------
 REGION_CAP = 0x4000  # how far back from a site we decode when no .pdata entry bounds it
+# Longer .pdata functions are taken for damage: real drivers' longest is 55 KB, or 1 MB in an
+# obfuscated one (Mhyprot2), which a window around each site serves as well.
+MAX_PDATA_FUNCTION = 0x40000
 
 
 class X64Backend(IntelBackend):
@@ -391,6 +394,8 @@ class X64Backend(IntelBackend):
     def function_of(self, rva: int) -> int | None:
         image = self.image
         pdata = image.function_containing(rva)
+        if pdata is not None and pdata[1] - pdata[0] > MAX_PDATA_FUNCTION:
+            pdata = None  # implausible (.text read as .pdata): decode a window around rva
         if pdata is not None:
             begin, end = pdata
             root, parts = image.function_parts(begin)
