@@ -2,11 +2,17 @@
 from PyPI wheels (pydivert 4.0.1 for win_amd64, pydivert 2.1.0 with x64 and x86 drivers), then
 ask tagfind which driver uses pool tag WDiv and what tags each driver uses.
 
-    python tools/demo.py [TAG ...]
+    python tools/demo.py [--dir DIR] [TAG ...]
+
+With --dir DIR the drivers (DIR/drivers) and the index (DIR/index.sqlite3) are kept, so the
+README's examples can be run on them afterwards (`tagfind --drivers DIR/drivers ...`);
+without it they live in a temporary folder.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import subprocess
 import sys
 import tempfile
@@ -21,7 +27,7 @@ WHEELS = (
 
 def fetch(work: Path) -> Path:
     drivers = work / "drivers"
-    drivers.mkdir()
+    drivers.mkdir(parents=True, exist_ok=True)
     for version, extra in WHEELS:
         dest = work / version
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *extra,
@@ -37,9 +43,18 @@ def fetch(work: Path) -> Path:
 
 
 def main() -> int:
-    tags = sys.argv[1:] or ["WDiv"]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="keep the drivers and the index here")
+    parser.add_argument("tags", nargs="*", default=["WDiv"])
+    options = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        if options.dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        else:
+            work = options.dir
+            work.mkdir(parents=True, exist_ok=True)
+        tags = options.tags
         drivers = fetch(work)
         base = [sys.executable, "-m", "tagfind", "--drivers", str(drivers),
                 "--index", str(work / "index.sqlite3")]
