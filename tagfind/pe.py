@@ -121,7 +121,8 @@ class PEImage:
         self.import_dlls: dict[int, str] = {}  # IAT slot RVA -> DLL name (lowercase)
         self.exports: dict[int, str] = {}  # RVA -> exported name (first name wins)
         self.guard_dispatch_slots: set[int] = set()  # RVAs of __guard_dispatch_icall_fptr etc.
-        self._unwind: tuple[np.ndarray, np.ndarray] | None = None  # x64 begins, UNWIND_INFO
+        # (begins, unwind words) of the .pdata entries: x64 UnwindData RVAs, ARM64 packed or .xdata
+        self._unwind: tuple[np.ndarray, np.ndarray] | None = None
         self._chains: dict[int, list[tuple[int, int]]] | None = None  # primary -> its parts
         self._chain_root_of: dict[int, int] = {}  # fragment begin -> primary begin
         self._parse_directories(pe)
@@ -179,6 +180,8 @@ class PEImage:
             count = len(raw) // 8
             table = np.frombuffer(raw[: count * 8], dtype="<u4").reshape(count, 2)
             begins = table[:, 0]
+            order = np.argsort(begins, kind="stable")
+            self._unwind = (begins[order], table[order, 1])
             lengths = _arm64_function_lengths(self, table)
             pairs = np.stack([begins, begins + lengths], axis=1).astype(np.uint32)
         else:
@@ -278,7 +281,7 @@ class PEImage:
     def is_chained_fragment(self, begin: int) -> bool:
         """x64: the .pdata entry at begin is a fragment of another function
         (UNW_FLAG_CHAININFO), so registers at its start are not the function's arguments."""
-        if self._unwind is None:
+        if self._unwind is None or self.machine != 0x8664:
             return False
         begins, infos = self._unwind
         i = int(np.searchsorted(begins, begin))
@@ -290,11 +293,47 @@ class PEImage:
         header = self.read(unwind, 1)
         return bool(header) and bool((header[0] >> 3) & 0x4)
 
+    def has_exception_handler(self, begin: int) -> bool:
+        """The .pdata function at begin has a language-specific handler (SEH __try/__except,
+        C++ EH): its handler blocks are entered from the unwinder, not from the function's own
+        branches. x64: UNW_FLAG_EHANDLER/UHANDLER in its UNWIND_INFO (following chains);
+        ARM64: the X bit (20) of its .xdata header (packed unwind data has none). True when
+        the unwind data cannot be read: the cautious answer."""
+        if self._unwind is None:
+            return False
+        begins, infos = self._unwind
+        for _ in range(8):
+            i = int(np.searchsorted(begins, begin))
+            if i >= len(begins) or begins[i] != begin:
+                return True
+            unwind = int(infos[i])
+            if self.machine == 0xAA64:
+                if unwind & 3:
+                    return False  # packed unwind data: no handler
+                header = self.read_u32(unwind)
+                return header is None or bool((header >> 20) & 1)
+            if unwind & 1:
+                parent = self.read_u32(unwind & ~1)
+            else:
+                header = self.read(unwind, 4)
+                if len(header) < 4:
+                    return True
+                flags = header[0] >> 3
+                if flags & 0x3:  # UNW_FLAG_EHANDLER | UNW_FLAG_UHANDLER
+                    return True
+                if not flags & 0x4:
+                    return False
+                parent = self.chain_parent(begin)
+            if parent is None:
+                return True
+            begin = parent
+        return True
+
     def chain_parent(self, begin: int) -> int | None:
         """x64: the begin of the RUNTIME_FUNCTION a chained .pdata entry at begin continues
         (UNW_FLAG_CHAININFO: the parent entry follows the unwind codes), None if it is not
         chained or the parent cannot be read."""
-        if self._unwind is None:
+        if self._unwind is None or self.machine != 0x8664:
             return None
         begins, infos = self._unwind
         i = int(np.searchsorted(begins, begin))

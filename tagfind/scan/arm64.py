@@ -53,7 +53,18 @@ from ..apis import (
     WDF_BIND_INFO_FUNC_TABLE,
     structured_api,
 )
-from .dataflow import FIELD, GLOBAL, INDIRECT, Flow, Insn, State, Value, join, run
+from .dataflow import (
+    FIELD,
+    GLOBAL,
+    INDIRECT,
+    Flow,
+    Insn,
+    State,
+    Value,
+    join,
+    jump_table_flow,
+    run,
+)
 from .finder import CallEvent
 from .frames import (
     CallIndex,
@@ -595,6 +606,12 @@ class Arm64Semantics:
         return None
 
 
+def _is_table_jump(prev: Insn, insn: Insn) -> bool:
+    """`add xN, ...; br xN`: MSVC's switch dispatch (the case's offset added to the table)."""
+    return (insn.mnemonic == "br" and prev.mnemonic == "add"
+            and prev.op_str.split(",", 1)[0].strip() == insn.op_str.strip())
+
+
 def _in_functions(funcs: np.ndarray, rvas: np.ndarray) -> np.ndarray:
     """Which of rvas lie in a .pdata function [begin, end)."""
     if not len(funcs) or not len(rvas):
@@ -979,6 +996,8 @@ class Arm64Backend:
         def orphan(_address: int) -> State:
             return sem.unknown_state() if has_pdata else sem.entry_state()
 
-        converged = run(insns, entry, sem.transfer, sem.flow, orphan, observe,
+        flow = jump_table_flow(insns, sem.flow, _is_table_jump) if (
+            has_pdata and not self.image.has_exception_handler(function)) else sem.flow
+        converged = run(insns, entry, sem.transfer, flow, orphan, observe,
                         observed=lambda insn: insn.mnemonic in _OBSERVED)
         return events if converged else without_args(events)

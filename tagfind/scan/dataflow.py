@@ -141,10 +141,25 @@ class Flow:
 
     targets: tuple[int, ...] = ()
     falls_through: bool = True
+    indirect: bool = False  # a jump through a register inside the function (a jump table)
 
 
 Transfer = Callable[[State, Insn], None]
 FlowOf = Callable[[Insn], Flow]
+DISPATCH = Flow((), False, indirect=True)
+
+
+def jump_table_flow(insns: Sequence[Insn], flow_of: FlowOf,
+                    is_table_jump: Callable[[Insn, Insn], bool]) -> FlowOf:
+    """flow_of, with the jumps that is_table_jump(previous, jump) calls a switch dispatch
+    marked indirect: run() then enters the function's otherwise unreached blocks (the switch's
+    cases) from them. Only for functions without an exception handler, whose handler blocks
+    are unreached too but entered from the unwinder."""
+    dispatches = {insn.address for prev, insn in zip(insns, insns[1:], strict=False)
+                  if is_table_jump(prev, insn)}
+    if not dispatches:
+        return flow_of
+    return lambda insn: DISPATCH if insn.address in dispatches else flow_of(insn)
 
 
 def run(
@@ -180,14 +195,25 @@ def run(
     block_at = {s: b for b, (s, _) in enumerate(blocks)}
     succs: list[list[int]] = []
     preds_count = [0] * len(blocks)
+    dispatchers: list[int] = []
     for _start, e in blocks:
         last = e - 1
         out = [block_at[index_of[t]] for t in flows[last].targets if t in index_of]
         if flows[last].falls_through and e < len(insns) and insns[e].address == insns[last].next:
             out.append(block_at[e])
         succs.append(out)
+        if flows[last].indirect:
+            dispatchers.append(len(succs) - 1)
         for b in out:
             preds_count[b] += 1
+    if dispatchers:
+        # Blocks no edge reaches in a function with jump tables are their cases: reached from
+        # the dispatching blocks, with their states.
+        for b in range(1, len(blocks)):
+            if preds_count[b] == 0:
+                for d in dispatchers:
+                    succs[d].append(b)
+                    preds_count[b] += 1
 
     states: list[State | None] = [None] * len(blocks)
     states[0] = entry

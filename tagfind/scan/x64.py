@@ -34,7 +34,7 @@ from ..apis import (
     WDF_BIND_INFO_FUNC_TABLE,
     structured_api,
 )
-from .dataflow import Flow, Insn, State, Value, run
+from .dataflow import Flow, Insn, State, Value, jump_table_flow, run
 from .finder import CallEvent
 from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
 from .intel import (
@@ -472,6 +472,8 @@ class X64Backend(IntelBackend):
                 return Flow((), False)
             return result
 
+        if has_pdata and not self.image.has_exception_handler(function):
+            flow = jump_table_flow(insns, flow, _is_table_jump)
         converged = run(insns, entry, sem.transfer, flow, orphan, observe,
                         observed=_calls_or_jumps)
         addresses = [insn.address for insn in insns]
@@ -484,6 +486,17 @@ class X64Backend(IntelBackend):
             else:
                 out.append(CallEvent(e.rva, owner, e.target, (None,) * len(e.args)))
         return out
+
+
+def _is_table_jump(prev: Insn, insn: Insn) -> bool:
+    """`add reg, base; jmp reg`: MSVC's switch dispatch (a table entry added to the image base
+    it loaded with lea)."""
+    return (insn.mnemonic == "jmp" and prev.mnemonic == "add" and insn.op_str in _REG64
+            and prev.op_str.split(",", 1)[0].strip() == insn.op_str)
+
+
+_REG64 = frozenset({"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
+                    *(f"r{n}" for n in range(8, 16))})
 
 
 def _calls_or_jumps(insn: Insn) -> bool:
