@@ -261,15 +261,10 @@ class Arm64Semantics:
     # --- memory -----------------------------------------------------------------------------
     def _address(self, state: State, mem: str) -> tuple[str, int | None]:
         """('stack', offset) | ('abs', rva) | ('other', None) for a `[base, #off]` operand."""
-        inner = mem.strip().rstrip("!").strip()[1:-1]
-        parts = [p.strip() for p in inner.split(",")]
-        base = self.get(state, parts[0]) if parts[0] in REGS else None
-        disp = 0
-        if len(parts) > 1:
-            value = _imm(parts[1])
-            if value is None or len(parts) > 2:
-                return ("other", None)  # register index or extend: not a fixed address
-            disp = value
+        base_reg, disp = _memory_operand(mem)
+        if disp is None:
+            return ("other", None)  # register index or extend: not a fixed address
+        base = self.get(state, base_reg) if base_reg in REGS else None
         if isinstance(base, tuple) and base[0] == "sp":
             return ("stack", base[1] + disp)
         if isinstance(base, tuple) and base[0] == "arg":
@@ -409,8 +404,9 @@ class Arm64Semantics:
         else:
             self.set(state, ops[0], None)
 
-    def _mem_index(self, ops: tuple[str, ...]) -> int | None:
-        return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
+    @staticmethod
+    def _mem_index(ops: tuple[str, ...]) -> int | None:
+        return _memory_index(ops)
 
     def _load_insn(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
         mem = self._mem_index(ops)
@@ -604,6 +600,24 @@ class Arm64Semantics:
         if isinstance(pointer, int) and self.image.is_readonly_data(self._rva(pointer) + offset):
             return self.image.read_u32(self._rva(pointer) + offset)
         return None
+
+
+@lru_cache(maxsize=1 << 16)
+def _memory_operand(mem: str) -> tuple[str, int | None]:
+    """(base register, displacement) of a `[xN, #off]` operand; displacement None for an index
+    register or an extend. Cached: the same operands recur thousands of times."""
+    inner = mem.strip().rstrip("!").strip()[1:-1]
+    parts = [p.strip() for p in inner.split(",")]
+    if len(parts) == 1:
+        return parts[0], 0
+    value = _imm(parts[1])
+    return parts[0], (value if value is not None and len(parts) == 2 else None)
+
+
+@lru_cache(maxsize=1 << 16)
+def _memory_index(ops: tuple[str, ...]) -> int | None:
+    """Which operand is the memory one."""
+    return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
 
 
 def _is_table_jump(prev: Insn, insn: Insn) -> bool:

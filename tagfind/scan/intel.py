@@ -109,8 +109,10 @@ def parse_memory(text: str, bits: int) -> tuple[int, str | None, int] | None:
     return (width, base_family, disp) if base_bits == bits else (width, OTHER, 0)
 
 
-def operands(op_str: str) -> list[str]:
-    return [part.strip() for part in op_str.split(", ")] if op_str else []
+@lru_cache(maxsize=1 << 16)
+def operands(op_str: str) -> tuple[str, ...]:
+    """The operands of capstone's text (cached: the same strings recur thousands of times)."""
+    return tuple(part.strip() for part in op_str.split(", ")) if op_str else ()
 
 
 def direct_target(op_str: str) -> int | None:

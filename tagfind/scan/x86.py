@@ -461,7 +461,7 @@ def sets_caller_ebp(insn: Insn) -> bool:
     if insn.mnemonic in ("push", "pop", "cmp", "test", "leave") or insn.mnemonic.startswith("j"):
         return False
     ops = operands(insn.op_str)
-    return bool(ops) and ops[0] == "ebp" and not (insn.mnemonic == "mov" and ops[1:] == ["esp"])
+    return bool(ops) and ops[0] == "ebp" and not (insn.mnemonic == "mov" and ops[1:] == ("esp",))
 
 
 # --- backend: candidates by byte patterns, then per-function analysis -------------------------
