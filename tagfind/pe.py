@@ -358,13 +358,32 @@ class PEImage:
         root = self._chain_root_of.get(begin, begin)
         return root, self._chains.get(root, [])
 
+    def _maybe_chained(self) -> list[int]:
+        """Begins of the x64 .pdata entries whose unwind data may chain (bit 0 of UnwindData,
+        or UNW_FLAG_CHAININFO in the header byte), found with numpy over the sections that
+        hold the UNWIND_INFOs; the rest of the entries need no look."""
+        begins, infos = self._unwind
+        infos = infos.astype(np.int64)
+        maybe = (infos & 1).astype(bool)
+        known = np.zeros(len(infos), dtype=bool)
+        for section in self.sections:
+            inside = (infos >= section.rva) & (infos < section.rva + section.size) & ~maybe
+            if not inside.any():
+                continue
+            raw = np.frombuffer(section.data, dtype=np.uint8)
+            flags = raw[infos[inside] - section.rva] >> 3
+            maybe[np.flatnonzero(inside)[(flags & 0x4) != 0]] = True
+            known |= inside
+        maybe |= ~known  # unwind data outside the file's bytes: let chain_parent decide
+        return [int(b) for b in begins[maybe]]
+
     def _chain_roots(self) -> dict[int, list[tuple[int, int]]]:
         chains: dict[int, list[tuple[int, int]]] = {}
         self._chain_root_of = {}
-        if self._unwind is None:
+        if self._unwind is None or self.machine != 0x8664:
             return chains
         ends = {int(b): int(e) for b, e in self.functions}
-        for begin in map(int, self._unwind[0]):
+        for begin in self._maybe_chained():
             parent = self.chain_parent(begin)
             if parent is None or begin not in ends:
                 continue

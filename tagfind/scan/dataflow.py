@@ -82,6 +82,9 @@ class State:
         """The state where paths from self and other join: each value is what either path
         carries. widen (a loop that keeps changing the state): a value that would grow is
         unknown instead, so the iteration ends quickly."""
+        fresh = self.fresh and other.fresh
+        if self.regs == other.regs and self.stack == other.stack:
+            return State(dict(self.regs), dict(self.stack), fresh)  # the common case: a fixpoint
         oregs = other.regs
         regs = {}
         for k, v in self.regs.items():
@@ -92,7 +95,6 @@ class State:
                 joined = join(v, o)
                 if joined is not None:
                     regs[k] = joined
-        fresh = self.fresh and other.fresh
         ostack = other.stack
         stack = {}
         for k, entry in self.stack.items():
