@@ -36,6 +36,7 @@ class DriverCandidate:
     sites: int
     reasons: list[str] = field(default_factory=list)
     sha256: str | None = None
+    loaded: bool | None = None  # in the loaded module list; None when no list is known
 
 
 @dataclass
@@ -192,14 +193,27 @@ def driver_names(candidates: Sequence[DriverCandidate]) -> list[str]:
         by_name.setdefault(cand.driver, []).append(cand)
     out = []
     for name, group in by_name.items():
+        mark = LOADED_MARK if any(c.loaded for c in group) else ""
         if len(group) == 1:
-            out.append(name)
+            out.append(name + mark)
         elif len({c.sha256 for c in group}) == 1:
-            out.append(f"{name} ({len(group)} copies)")
+            out.append(f"{name}{mark} ({len(group)} copies)")
         else:
-            folders = [os.path.basename(os.path.dirname(c.path)) or c.path for c in group]
+            folders = [(os.path.basename(os.path.dirname(c.path)) or c.path)
+                       + (LOADED_MARK if c.loaded else "") for c in group]
             out.append(f"{name} ({', '.join(dict.fromkeys(folders))})")
     return out
+
+
+LOADED_MARK = "*"  # after a driver name in the table: it is in the loaded module list
+
+
+def loaded_legend(rows: Sequence[Any], modules: Any) -> str | None:
+    """The line under the table that says what the mark means, when a module list is known."""
+    if modules is None or not any(c.loaded is not None for r in rows for c in r.drivers):
+        return None
+    return (f"{LOADED_MARK} loaded (module list: {modules.source or 'given'}); "
+            "drivers without it are not loaded")
 
 
 BIG_HEADER = ["Big", "Big Bytes"]  # shown when the counters came with the big pool table
@@ -258,7 +272,8 @@ def render_csv(rows: Sequence[TopRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["tag", "type", "allocs", "frees", "diff", "bytes", "per_alloc",
                      "delta_allocs", "delta_frees", "delta_diff", "delta_bytes", "suspect",
-                     "drivers", "evidence", "pooltag_owner", "big_count", "big_bytes"])
+                     "drivers", "evidence", "pooltag_owner", "big_count", "big_bytes",
+                     "loaded_drivers"])
     for r in rows:
         writer.writerow([r.tag, r.pool, _fmt(r.allocs), _fmt(r.frees), r.diff, r.bytes,
                          _fmt(r.per_alloc), _fmt(r.delta_allocs), _fmt(r.delta_frees),
@@ -266,7 +281,8 @@ def render_csv(rows: Sequence[TopRow]) -> str:
                          "" if r.suspect is None else int(r.suspect),
                          " ".join(c.driver for c in r.drivers),
                          r.drivers[0].evidence if r.drivers else "", r.pooltag_owner or "",
-                         _blank(r.big_count), _blank(r.big_bytes)])
+                         _blank(r.big_count), _blank(r.big_bytes),
+                         " ".join(c.driver for c in r.drivers if c.loaded)])
     return out.getvalue()
 
 
