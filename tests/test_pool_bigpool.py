@@ -156,9 +156,13 @@ def test_top_shows_big_pool_per_tag(tmp_path):
     assert header[header.index("Alloc") + 1: header.index("Alloc") + 4] == ["Big", "Big", "Bytes"]
     big_row = next(line for line in table if line.startswith("Big   Nonp"))
     assert big_row.split()[7:9] == ["2", str(0x300000)]
-    csv_lines = _cli("--top", "10", "--pool-file", str(path), "--csv").stdout.splitlines()
-    assert csv_lines[0].endswith(",big_count,big_bytes")
-    assert any(line.startswith("Smal,paged,") and line.endswith(",0,0") for line in csv_lines)
+    import csv
+
+    records = list(csv.DictReader(_cli("--top", "10", "--pool-file", str(path),
+                                       "--csv").stdout.splitlines()))
+    big = {(r["tag"], r["type"]): (r["big_count"], r["big_bytes"]) for r in records}
+    assert big["Smal", "paged"] == ("0", "0")
+    assert big["Big ", "nonpaged"] == ("2", str(0x300000))
 
 
 def test_top_without_big_pool_data_has_no_big_columns(tmp_path):
