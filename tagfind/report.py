@@ -61,6 +61,7 @@ class TagDriverRow:
     pooltag_description: str | None = None
     notes: list[str] = field(default_factory=list)
     byte_offset: int | None = None
+    loaded: bool | None = None  # in the loaded module list; None when no list is known
 
 
 def driver_name(path: str) -> str:
@@ -202,6 +203,20 @@ def runtime_tag_drivers(sites: Iterable[Any]) -> list[RuntimeTagDriver]:
     return out
 
 
+def mark_loaded(items: Iterable[Any], modules: Any) -> None:
+    """Set `loaded` on rows or driver candidates (anything with `path`) from a module list
+    (modules.ModuleList); without one they stay None (not known)."""
+    if modules is None:
+        return
+    matcher = modules.matcher()
+    for item in items:
+        item.loaded = item.path in matcher
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
 def unknown_site_counts(sites: Iterable[Any]) -> dict[str, int]:
     """Per driver path: calls to pool APIs whose tag could not be proven."""
     counts: dict[str, int] = defaultdict(int)
@@ -225,7 +240,10 @@ def _table_cells(row: TagDriverRow) -> list[str]:
 
 def render_table(rows: Sequence[TagDriverRow], verbose: bool = False) -> str:
     cells = [list(TABLE_COLUMNS)] + [_table_cells(r) for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS) - 1)]
+    if any(r.loaded is not None for r in rows):  # a module list is known: say which are
+        for line, row in zip(cells, [None, *rows], strict=True):
+            line.insert(2, "Loaded" if row is None else _yes_no(row.loaded))
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]) - 1)]
     lines = []
     for index, line in enumerate(cells):
         text = "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=False))
@@ -278,7 +296,7 @@ def render_json(rows: Sequence[TagDriverRow], extra: dict[str, Any] | None = Non
 
 
 CSV_COLUMNS = ("tag", "tag_value", "driver", "path", "arch", "evidence", "sites", "pool",
-               "pooltag_owner", "pooltag_description", "notes", "site_rvas")
+               "pooltag_owner", "pooltag_description", "notes", "site_rvas", "loaded")
 
 
 def render_csv(rows: Sequence[TagDriverRow]) -> str:
@@ -289,5 +307,6 @@ def render_csv(rows: Sequence[TagDriverRow]) -> str:
         writer.writerow([r.tag, f"0x{r.tag_value:08x}", r.driver, r.path, r.arch or "",
                          r.evidence, len(r.sites), r.pool or "-", r.pooltag_owner or "",
                          r.pooltag_description or "", "; ".join(r.notes),
-                         " ".join(f"0x{s.rva:x}" for s in r.sites)])
+                         " ".join(f"0x{s.rva:x}" for s in r.sites),
+                         "" if r.loaded is None else int(r.loaded)])
     return out.getvalue()

@@ -36,6 +36,7 @@ class DriverCandidate:
     sites: int
     reasons: list[str] = field(default_factory=list)
     sha256: str | None = None
+    loaded: bool | None = None  # in the loaded module list; None when no list is known
 
 
 @dataclass
@@ -54,6 +55,8 @@ class TopRow:
     delta_diff: int | None = None
     delta_bytes: int | None = None
     suspect: bool | None = None
+    big_count: int | None = None  # big allocations (a page or more) of this tag and pool now,
+    big_bytes: int | None = None  # when the counters came with the big pool table (else None)
 
 
 def size_fits(size: int, per_alloc: int) -> bool:
@@ -125,8 +128,26 @@ def select_rows(rows: Sequence[TopRow], n: int, sort_key: str, pool: str | None)
 
 
 def rows_from_snapshot(snapshot: Any) -> list[TopRow]:
-    return [TopRow(r.tag, r.pool, r.allocs, r.frees, r.diff, r.bytes, r.per_alloc)
+    rows = [TopRow(r.tag, r.pool, r.allocs, r.frees, r.diff, r.bytes, r.per_alloc)
             for r in snapshot.rows]
+    attach_big_pool(rows, snapshot.big_pool)
+    return rows
+
+
+def attach_big_pool(rows: Iterable[TopRow], usage: Iterable[Any] | None) -> None:
+    """Each row's big allocations from the big pool table (BigPoolUsage per tag and pool);
+    a tag the table does not list has none (0). Without a table the fields stay None."""
+    if usage is None:
+        return
+    by_key = {(u.tag, u.pool): u for u in usage}
+    for row in rows:
+        found = by_key.get((row.tag, row.pool))
+        row.big_count = found.count if found else 0
+        row.big_bytes = found.bytes if found else 0
+
+
+def has_big_pool(rows: Iterable[Any]) -> bool:
+    return any(r.big_count is not None for r in rows)
 
 
 def rows_from_growth(growth: Iterable[Any]) -> list[TopRow]:
@@ -172,14 +193,30 @@ def driver_names(candidates: Sequence[DriverCandidate]) -> list[str]:
         by_name.setdefault(cand.driver, []).append(cand)
     out = []
     for name, group in by_name.items():
+        mark = LOADED_MARK if any(c.loaded for c in group) else ""
         if len(group) == 1:
-            out.append(name)
+            out.append(name + mark)
         elif len({c.sha256 for c in group}) == 1:
-            out.append(f"{name} ({len(group)} copies)")
+            out.append(f"{name}{mark} ({len(group)} copies)")
         else:
-            folders = [os.path.basename(os.path.dirname(c.path)) or c.path for c in group]
+            folders = [(os.path.basename(os.path.dirname(c.path)) or c.path)
+                       + (LOADED_MARK if c.loaded else "") for c in group]
             out.append(f"{name} ({', '.join(dict.fromkeys(folders))})")
     return out
+
+
+LOADED_MARK = "*"  # after a driver name in the table: it is in the loaded module list
+
+
+def loaded_legend(rows: Sequence[Any], modules: Any) -> str | None:
+    """The line under the table that says what the mark means, when a module list is known."""
+    if modules is None or not any(c.loaded is not None for r in rows for c in r.drivers):
+        return None
+    return (f"{LOADED_MARK} loaded (module list: {modules.source or 'given'}); "
+            "drivers without it are not loaded")
+
+
+BIG_HEADER = ["Big", "Big Bytes"]  # shown when the counters came with the big pool table
 
 
 def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = False) -> str:
@@ -189,6 +226,12 @@ def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = F
     else:
         header = ["Tag", "Type", "Allocs", "Frees", "Diff", "Bytes", "Per Alloc", "Driver(s)",
                   "Evidence", "pooltag.txt"]
+    numeric = set(range(2, 7 if not growth else 8))
+    big = has_big_pool(rows)
+    at = header.index("Driver(s)") - (1 if growth else 0)  # after Per Alloc / after Bytes
+    if big:
+        header[at:at] = BIG_HEADER
+        numeric |= {at, at + 1}
     table = [header]
     for r in rows:
         names = driver_names(r.drivers)
@@ -204,8 +247,9 @@ def render_table(rows: Sequence[TopRow], verbose: bool = False, growth: bool = F
         else:
             cells = [r.tag, pool, _fmt(r.allocs), _fmt(r.frees), str(r.diff), str(r.bytes),
                      _fmt(r.per_alloc), drivers, evidence, r.pooltag_owner or "-"]
+        if big:
+            cells[at:at] = [_fmt(r.big_count), _fmt(r.big_bytes)]
         table.append(cells)
-    numeric = set(range(2, 7 if not growth else 8))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for index, cells in enumerate(table):
@@ -228,15 +272,22 @@ def render_csv(rows: Sequence[TopRow]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["tag", "type", "allocs", "frees", "diff", "bytes", "per_alloc",
                      "delta_allocs", "delta_frees", "delta_diff", "delta_bytes", "suspect",
-                     "drivers", "evidence", "pooltag_owner"])
+                     "drivers", "evidence", "pooltag_owner", "big_count", "big_bytes",
+                     "loaded_drivers"])
     for r in rows:
         writer.writerow([r.tag, r.pool, _fmt(r.allocs), _fmt(r.frees), r.diff, r.bytes,
                          _fmt(r.per_alloc), _fmt(r.delta_allocs), _fmt(r.delta_frees),
                          _fmt(r.delta_diff), _fmt(r.delta_bytes),
                          "" if r.suspect is None else int(r.suspect),
                          " ".join(c.driver for c in r.drivers),
-                         r.drivers[0].evidence if r.drivers else "", r.pooltag_owner or ""])
+                         r.drivers[0].evidence if r.drivers else "", r.pooltag_owner or "",
+                         _blank(r.big_count), _blank(r.big_bytes),
+                         " ".join(c.driver for c in r.drivers if c.loaded)])
     return out.getvalue()
+
+
+def _blank(value: int | None) -> str:
+    return "" if value is None else str(value)
 
 
 # --- glue ---------------------------------------------------------------------------------------
@@ -254,11 +305,16 @@ def load_counters(
             warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
         growth = pool.diff_snapshots(old, new)
         meta = {"source": [old.source, new.source], "mode": "diff"}
-        return rows_from_growth(growth), meta, warnings
+        rows = rows_from_growth(growth)
+        attach_big_pool(rows, new.big_pool)  # the big blocks held now, as the counts are
+        return rows, meta, warnings
     if pool_file:
         snap = pool.load_pool_file(pool_file)
     else:
+        from .pool.bigpool import with_live_big_pool
+
         snap = pool.read_live_pool()
+        warnings += with_live_big_pool(snap)
     warnings += [f"{snap.source}:{line}: {msg}" for line, msg in snap.warnings]
     meta = {"source": snap.source, "machine": snap.machine, "scope": snap.scope,
             "taken_at": snap.taken_at.isoformat() if snap.taken_at else None}

@@ -79,3 +79,54 @@ def test_bad_input_is_one_line(tmp_path):
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("tagfind: error:")
         assert "Traceback" not in done.stderr
+
+
+def test_output_marks_loaded_drivers(fixture_driver, tmp_path):
+    """An `lm` list naming main (not modern): query rows and --top's drivers say which is
+    loaded; --modules-file alone marks, --loaded limits."""
+    import json
+    import shutil
+
+    from tagfind.pool import PoolRow, PoolSnapshot, save_snapshot
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    shutil.copy(fixture_driver("main", "O2"), folder / "main.sys")
+    shutil.copy(fixture_driver("modern", "O2"), folder / "modern.sys")
+    lm = tmp_path / "lm.txt"
+    lm.write_text("0: kd> lm\nstart             end                 module name\n"
+                  "fffff800`02e62000 fffff800`0343f000   nt       (pdb symbols)\n"
+                  "fffff880`04400000 fffff880`0440e000   main     (deferred)\n")
+    common = ["--drivers", str(folder), "--index", str(tmp_path / "i.sqlite3"), "--jobs", "1",
+              "--no-bytes", "--modules-file", str(lm)]
+    done = run("Test", "AleX", "--json", *common)
+    assert done.returncode == 0, done.stderr
+    loaded = {row["driver"]: row["loaded"] for row in json.loads(done.stdout)["rows"]}
+    assert loaded == {"main.sys": True, "modern.sys": False}
+    table = run("Test", "AleX", *common).stdout.splitlines()
+    assert table[0].split()[:4] == ["Tag", "Driver", "Loaded", "Evidence"]
+    assert {tuple(line.split()[:3]) for line in table[1:] if line[:1] != " "} == {
+        ("Test", "main.sys", "yes"), ("AleX", "modern.sys", "no")}
+    csv_out = run("Test", "AleX", "--csv", *common).stdout.splitlines()
+    assert csv_out[0].endswith(",loaded") and {line.rsplit(",", 1)[1] for line in csv_out[1:]} \
+        == {"0", "1"}
+    without = json.loads(run("Test", "AleX", "--json", *common[:-2]).stdout)["rows"]
+    assert {row["loaded"] for row in without} == {None}  # no list known (not Windows)
+    assert "Loaded" not in run("Test", *common[:-2]).stdout.splitlines()[0]
+    only = json.loads(run("Test", "AleX", "--json", "--loaded", *common).stdout)["rows"]
+    assert [row["driver"] for row in only] == ["main.sys"]
+
+    pool = tmp_path / "pool.json"
+    save_snapshot(PoolSnapshot(rows=[PoolRow("Test", "nonpaged", 90, 10, 80 * 64),
+                                     PoolRow("AleX", "paged", 50, 10, 40 * 64)]), pool)
+    top = run("--pool-file", str(pool), "--json", *common)
+    assert top.returncode == 0, top.stderr
+    marks = {row["tag"]: [(d["driver"], d["loaded"]) for d in row["drivers"]]
+             for row in json.loads(top.stdout)["rows"]}
+    assert marks == {"Test": [("main.sys", True)], "AleX": [("modern.sys", False)]}
+    lines = run("--pool-file", str(pool), *common).stdout.splitlines()
+    assert "main.sys*" in next(line for line in lines if line.startswith("Test"))
+    alex = next(line for line in lines if line.startswith("AleX"))
+    assert "modern.sys" in alex and "modern.sys*" not in alex
+    assert lines[-1].startswith("* loaded (module list: ") and "not loaded" in lines[-1]
+    assert "*" not in run("--pool-file", str(pool), *common[:-2]).stdout

@@ -82,7 +82,9 @@ def source_options(func: F | None = None, *, pooltag_input: bool = True) -> Any:
 class OpenIndex:
     """An index refreshed against the files of the sources (index None: no sources, when the
     command can do without drivers; `note` then says so). `files` are the ones queries look
-    at: all of them, or with --loaded only the loaded ones (`loaded` is the list)."""
+    at: all of them, or with --loaded only the loaded ones. `loaded` is the module list when
+    one is known (--modules-file, --loaded, or live on Windows): the output marks loaded
+    drivers from it."""
 
     index: Any
     files: list[str]
@@ -115,6 +117,21 @@ def load_module_list(src: SourceOptions) -> Any:
         return modules.read_loaded_modules()
     except (modules.ModulesError, SourcesError) as exc:
         raise Fatal(str(exc)) from None
+
+
+def _live_module_list() -> Any:
+    """This system's loaded module list on Windows, None elsewhere or when it cannot be
+    read (the output then does not say what is loaded)."""
+    import sys
+
+    from .. import modules
+
+    if sys.platform != "win32":
+        return None
+    try:
+        return modules.read_loaded_modules()
+    except modules.ModulesError:
+        return None
 
 
 def _live_module_files() -> list[str]:
@@ -166,8 +183,10 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
                 files = source_set.files
-                if loaded is not None and (src.loaded or src.modules_file):
+                if loaded is not None and src.loaded:
                     files = loaded.matcher().loaded(files)
+                elif loaded is None and src.root is None:
+                    loaded = _live_module_list()  # on Windows: mark what is loaded
                 yield OpenIndex(idx, files, stats, empty_reason=empty, loaded=loaded)
             finally:
                 for warning in dict.fromkeys(idx.warnings):

@@ -203,7 +203,7 @@ def _load_counters(opts: QueryOptions) -> Any:
 
 
 def _run_top(opened: OpenIndex, src: SourceOptions, counters: Any, opts: QueryOptions) -> int:
-    from .. import top
+    from .. import report, top
 
     rows, meta, warnings = counters
     for warning in warnings:
@@ -216,6 +216,7 @@ def _run_top(opened: OpenIndex, src: SourceOptions, counters: Any, opts: QueryOp
         sites = opened.index.sites(tags=values, files=opened.files)
     db = load_pooltag_db(src, {r.tag for r in chosen})
     top.attach_drivers(chosen, sites, db)
+    report.mark_loaded((c for r in chosen for c in r.drivers), opened.loaded)
     if opts.as_json:
         click.echo(top.render_json(chosen, meta, drivers_indexed=opened.index is not None))
     elif opts.as_csv:
@@ -223,6 +224,9 @@ def _run_top(opened: OpenIndex, src: SourceOptions, counters: Any, opts: QueryOp
     elif chosen:
         click.echo(top.render_table(chosen, verbose=bool(opts.verbose),
                                     growth=bool(opts.diff)))
+        legend = top.loaded_legend(chosen, opened.loaded)
+        if legend:
+            click.echo(legend)
     if not chosen:
         click.echo(f"tagfind: {_why_no_rows(rows, opts)}", err=True)
     elif opened.note:
@@ -256,6 +260,7 @@ def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], glob
     tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
     db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches})
     rows = report.tag_rows(site_rows, byte_matches, db)
+    report.mark_loaded(rows, opened.loaded)
     unknown = report.unknown_site_counts(site_rows) if opts.driver is not None else {}
     proven = {r.tag_value for r in rows if r.evidence != "bytes"}
     unproven = [t for t in exact if t not in proven]

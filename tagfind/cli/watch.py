@@ -61,7 +61,7 @@ def watch_cmd(**params: Any) -> None:
 
 
 def run_watch(src: SourceOptions, opts: WatchOptions) -> int:
-    from ..pool import PoolSourceError, load_pool_runs, read_live_pool
+    from ..pool import PoolSourceError, load_pool_runs
     from ..watch.keys import terminal_keys
     from ..watch.model import WatchModel, frames_from
     from ..watch.screen import WatchUnavailable, _rich, run
@@ -79,8 +79,8 @@ def run_watch(src: SourceOptions, opts: WatchOptions) -> int:
             next_frame = frames_from(frames)
             tags: set[str] | None = {row.tag for snap in frames for row in snap.rows}
         else:
-            first = [read_live_pool()]  # fails here, with its message, not in the full screen
-            next_frame = lambda: first.pop() if first else read_live_pool()  # noqa: E731
+            first = [_live_frame(warn=True)]  # fails here, with its message, not in the screen
+            next_frame = lambda: first.pop() if first else _live_frame()  # noqa: E731
             tags = None
     except (PoolSourceError, WatchUnavailable) as exc:
         raise Fatal(str(exc)) from None
@@ -97,6 +97,19 @@ def run_watch(src: SourceOptions, opts: WatchOptions) -> int:
         except PoolSourceError as exc:
             raise Fatal(str(exc)) from None
     return EXIT_FOUND
+
+
+def _live_frame(warn: bool = False) -> Any:
+    """A live reading with the big pool table (the Big columns); a big pool that cannot be
+    read leaves them out, said once before the screen opens."""
+    from ..pool import read_live_pool
+    from ..pool.bigpool import with_live_big_pool
+
+    snap = read_live_pool()
+    for warning in with_live_big_pool(snap):
+        if warn:
+            click.echo(f"tagfind: warning: {warning}", err=True)
+    return snap
 
 
 def _full_db(src: SourceOptions) -> Any:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ..tags import tag_to_str
 from .model import PoolSourceError
@@ -116,3 +117,13 @@ def read_live_bigpool(*, query=None, pointer_size: int | None = None) -> list[Bi
         pointer_size = struct.calcsize("P")
     buffer = query_system_information(SYSTEM_BIGPOOL_INFORMATION, query)
     return summarize(parse_bigpool_information(buffer, pointer_size))
+
+
+def with_live_big_pool(snapshot: Any) -> list[str]:
+    """Record the live big pool table on a live `snapshot` (sets `big_pool`); returns the
+    warning when it cannot be read (the counters are still good without it)."""
+    try:
+        snapshot.big_pool = read_live_bigpool()
+    except PoolSourceError as exc:
+        return [f"big pool not read: {exc}"]
+    return []

@@ -56,6 +56,8 @@ class WatchRow:
     changed: frozenset[str]
     drivers: list[DriverCandidate] = field(default_factory=list)
     pooltag_owner: str | None = None
+    big_count: int | None = None  # big allocations now, when the frame carries the big pool
+    big_bytes: int | None = None
 
     def value(self, column: str) -> Any:
         return getattr(self, column)
@@ -102,12 +104,15 @@ class WatchModel:
     previous: PoolSnapshot | None = None
     frames_seen: int = 0
     _sites: dict[str, list[Any]] = field(default_factory=dict)
+    _big: dict[tuple[str, str], Any] | None = None  # the current frame's big pool per key
 
     # --- frames ------------------------------------------------------------------------------
     def push(self, snapshot: PoolSnapshot) -> None:
         """A new reading: the current one becomes the previous one."""
         self.previous, self.current = self.current, snapshot
         self.frames_seen += 1
+        usage = snapshot.big_pool
+        self._big = None if usage is None else {(u.tag, u.pool): u for u in usage}
         new_tags = {row.tag for row in snapshot.rows} - set(self._sites)
         if new_tags:
             found = self.resolver(new_tags) if self.resolver else {}
@@ -126,6 +131,12 @@ class WatchModel:
         out.sort(key=lambda r: (r.tag, r.pool))  # ties keep tag order
         out.sort(key=self._sort_key, reverse=not self.ascending)
         return out[: self.top] if self.top else out
+
+    @property
+    def has_big_pool(self) -> bool:
+        """Whether the current frame carries the big pool table (live, or a snapshot that
+        recorded it): the screen then shows the Big columns."""
+        return self._big is not None
 
     def visible_rows(self) -> list[WatchRow]:
         rows = self.rows()
@@ -241,10 +252,14 @@ class WatchModel:
             }
             changed = frozenset(c for c, v in changes.items() if v)
         owner = self.owner_text(row.tag) if self.owner_text else None
+        big_count = big_bytes = None
+        if self._big is not None:
+            usage = self._big.get(row.key)
+            big_count, big_bytes = (usage.count, usage.bytes) if usage else (0, 0)
         return WatchRow(row.tag, row.pool, row.allocs, row.frees, row.diff, row.bytes,
                         row.per_alloc, changes, changed,
                         rank_drivers(row.pool, row.per_alloc, self._sites.get(row.tag, ())),
-                        owner)
+                        owner, big_count, big_bytes)
 
     def _sort_key(self, row: WatchRow) -> Any:
         if self.sort_column == "tag":
@@ -317,6 +332,9 @@ def detail_lines(row: WatchRow) -> Sequence[str]:
     lines = [f"{row.tag!r} {row.pool}: Diff {row.diff}, Bytes {row.bytes}, Per Alloc "
              f"{row.per_alloc if row.per_alloc is not None else '-'}",
              f"pooltag.txt: {row.pooltag_owner or '-'}", ""]
+    if row.big_count is not None:
+        lines.insert(1, f"big pool: {row.big_count} block(s) of a page or more, "
+                        f"{row.big_bytes} bytes")
     if not row.drivers:
         lines.append("no indexed driver uses this tag in its code")
     for cand in row.drivers:

@@ -38,6 +38,11 @@ COLUMNS: tuple[tuple[str, str, int, int], ...] = (
     ("", "right", 6, 0), ("Per Alloc", "right", 5, 80), ("Driver(s)", "left", 8, 0),
     ("Evidence", "left", 4, 110), ("pooltag.txt", "left", 6, 90),
 )
+# Shown after Per Alloc when the frame carries the big pool table (same tuple layout).
+BIG_COLUMNS: tuple[tuple[str, str, int, int], ...] = (
+    ("Big", "right", 3, 90), ("Big Bytes", "right", 6, 90),
+)
+_BIG_AT = 11  # index in COLUMNS before which they go (Driver(s))
 _HEADER_LINES = 3  # status, key hint, table header; plus the totals when shown
 
 
@@ -85,9 +90,12 @@ def build_table(model: WatchModel, width: int, height: int) -> Any:
     model.page_size = max(1, height - _HEADER_LINES - extra - 1)
     table = Table(box=None, pad_edge=False, show_edge=False, expand=False, width=width,
                   header_style="bold underline", padding=(0, 1))
-    kept = [i for i, (_, _, _, narrowest) in enumerate(COLUMNS) if width >= narrowest]
+    columns = COLUMNS
+    if model.has_big_pool:
+        columns = COLUMNS[:_BIG_AT] + BIG_COLUMNS + COLUMNS[_BIG_AT:]
+    kept = [i for i, (_, _, _, narrowest) in enumerate(columns) if width >= narrowest]
     for i in kept:
-        name, justify, least, _ = COLUMNS[i]
+        name, justify, least, _ = columns[i]
         table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",
                          min_width=least)
     rows = model.rows()
@@ -102,7 +110,10 @@ def build_table(model: WatchModel, width: int, height: int) -> Any:
         drivers = ", ".join(c.driver for c in row.drivers[:3]) or "-"
         if len(row.drivers) > 3:
             drivers += f" (+{len(row.drivers) - 3})"
-        cells += [Text(_number(row.per_alloc)), Text(drivers),
+        cells.append(Text(_number(row.per_alloc)))
+        if model.has_big_pool:
+            cells += [Text(_number(row.big_count)), Text(_number(row.big_bytes))]
+        cells += [Text(drivers),
                   Text(row.drivers[0].evidence if row.drivers else "-"),
                   Text(row.pooltag_owner or "-")]
         table.add_row(*(cells[i] for i in kept),
