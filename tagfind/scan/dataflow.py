@@ -24,8 +24,9 @@ FIELD = "field"  # ("field", k, offset): the ULONG at offset in the structure ar
 INDIRECT = ("indirect",)  # the target of a call through a pointer nothing resolved
 
 MAX_VALUES = 8  # alternatives one register or slot may hold before it counts as unknown
-# Merges into one block after which growing values become unknown (a loop): alternatives come
-# from the first paths to arrive, and the fixpoint takes a few rounds instead of one per member.
+# Back edges into one block (a loop) after which growing values become unknown: alternatives
+# come from the first rounds, and the fixpoint takes a few rounds instead of one per member.
+# Forward merges (if/else chains, switch joins) never widen.
 WIDEN_AFTER = 2
 
 
@@ -242,8 +243,11 @@ def run(
             transfer(state, insns[i])
         for nb in succs[b]:
             old = states[nb]
-            visits[nb] += 1
-            new = state.copy() if old is None else old.meet(state, visits[nb] > WIDEN_AFTER)
+            back = nb <= b  # blocks are in address order: an edge backwards closes a loop
+            if back:
+                visits[nb] += 1
+            new = state.copy() if old is None else old.meet(
+                state, back and visits[nb] > WIDEN_AFTER)
             if old is None or not new.same_as(old):
                 states[nb] = new
                 if not queued[nb]:

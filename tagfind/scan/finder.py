@@ -28,10 +28,11 @@ class CallEvent:
 
     rva: int
     function: int
-    target: Value | None  # ("imp", name) | ("wdf", slot) | int (local RVA) | None
+    target: Value | None  # ("imp", name) | ("wdf", slot) | int (local RVA) | INDIRECT
     args: tuple[Value | None, ...]
     # Stack structures the call's arguments point at: (argument, byte offset, ULONG there),
-    # for calls of local functions (a callee may take its tag from such a field).
+    # for calls of local functions and through pointers (a callee may take its tag from such
+    # a field).
     fields: tuple[tuple[int, int, Value], ...] = ()
 
 
@@ -103,7 +104,7 @@ class SiteFinder:
         fresh = [rva for rva, w in self.wrappers.items()
                  if w.tag_offset is not None and rva not in looked_up]
         pending: list[int] = []
-        for rva in fresh[:MAX_CALLBACKS - len(looked_up)]:
+        for rva in fresh[:max(0, MAX_CALLBACKS - len(looked_up))]:
             looked_up.add(rva)
             users = {self.backend.function_of(r) for r in self.backend.address_users({rva})}
             users.discard(None)
