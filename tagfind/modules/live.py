@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..ntbuffer import CountedBufferError, counted_entries
 from .model import LoadedModule, ModuleList, ModulesError
 
 SYSTEM_MODULE_INFORMATION = 11
@@ -67,17 +68,13 @@ def parse_process_modules(buffer: bytes, pointer_size: int) -> list[LoadedModule
     layout = LAYOUTS.get(pointer_size)
     if layout is None:
         raise ModulesError(f"no module list layout for {pointer_size}-byte pointers")
-    if len(buffer) < 4:
-        raise ModulesError(f"module list buffer of {len(buffer)} bytes holds no count")
-    (count,) = struct.unpack_from("<I", buffer, 0)
-    need = layout.first_entry + count * layout.entry_size
-    if need > len(buffer):
-        raise ModulesError(
-            f"module list says {count} modules ({need} bytes) but holds {len(buffer)} bytes"
-        )
+    try:
+        entries = list(counted_entries(buffer, layout.first_entry, layout.entry_format,
+                                       "module list buffer", "modules"))
+    except CountedBufferError as exc:
+        raise ModulesError(str(exc)) from None
     modules = []
-    for offset in range(layout.first_entry, need, layout.entry_size):
-        base, size, order, _name_at, raw = struct.unpack_from(layout.entry_format, buffer, offset)
+    for base, size, order, _name_at, raw in entries:
         path = raw.split(b"\0", 1)[0].decode("latin-1")
         if path:
             modules.append(LoadedModule(reported=path, base=base, size=size, load_order=order))

@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..ntbuffer import CountedBufferError, counted_entries
 from ..tags import tag_to_str
 from .model import PoolSourceError
 
@@ -74,17 +75,13 @@ def parse_bigpool_information(buffer: bytes, pointer_size: int) -> list[BigAlloc
     layout = LAYOUTS.get(pointer_size)
     if layout is None:
         raise PoolSourceError(f"no big pool layout for {pointer_size}-byte pointers")
-    if len(buffer) < 4:
-        raise PoolSourceError(f"big pool buffer of {len(buffer)} bytes holds no count")
-    (count,) = struct.unpack_from("<I", buffer, 0)
-    need = layout.first_entry + count * layout.entry_size
-    if need > len(buffer):
-        raise PoolSourceError(
-            f"big pool buffer says {count} entries ({need} bytes) but holds {len(buffer)} bytes"
-        )
+    try:
+        entries = list(counted_entries(buffer, layout.first_entry, layout.entry_format,
+                                       "big pool buffer"))
+    except CountedBufferError as exc:
+        raise PoolSourceError(str(exc)) from None
     allocations = []
-    for offset in range(layout.first_entry, need, layout.entry_size):
-        address, size, raw = struct.unpack_from(layout.entry_format, buffer, offset)
+    for address, size, raw in entries:
         allocations.append(BigAllocation(
             tag=tag_to_str(int.from_bytes(raw, "little")),
             pool="nonpaged" if address & 1 else "paged",

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..ntbuffer import CountedBufferError, counted_entries
 from ..tags import tag_to_str
 from .model import PoolRow, PoolSnapshot, PoolSourceError
 
@@ -146,19 +147,13 @@ def parse_pooltag_information(
     tag used in both pools gives two rows (as poolmon lists them).
     """
     layout = layout_for(info_class, pointer_size)
-    if len(buffer) < 4:
-        raise PoolSourceError(f"pool tag buffer of {len(buffer)} bytes holds no entry count")
-    (count,) = struct.unpack_from("<I", buffer, 0)
-    need = layout.first_entry + count * layout.entry_size
-    if need > len(buffer):
-        raise PoolSourceError(
-            f"pool tag buffer says {count} entries ({need} bytes) but holds {len(buffer)} bytes"
-        )
+    try:
+        entries = list(counted_entries(buffer, layout.first_entry, layout.entry_format,
+                                       "pool tag buffer"))
+    except CountedBufferError as exc:
+        raise PoolSourceError(str(exc)) from None
     rows: list[PoolRow] = []
-    for offset in range(layout.first_entry, need, layout.entry_size):
-        raw, p_allocs, p_frees, p_bytes, np_allocs, np_frees, np_bytes = struct.unpack_from(
-            layout.entry_format, buffer, offset
-        )
+    for raw, p_allocs, p_frees, p_bytes, np_allocs, np_frees, np_bytes in entries:
         tag = tag_to_str(int.from_bytes(raw, "little"))
         if p_allocs or p_frees or p_bytes:
             rows.append(PoolRow(tag, "paged", p_allocs, p_frees, p_bytes))
