@@ -127,7 +127,8 @@ class PEImage:
         self._chain_root_of: dict[int, int] = {}  # fragment begin -> primary begin
         self._parse_directories(pe)
         self.functions = self._function_table(pe)  # (n, 2) uint32 array of [begin, end)
-        pe.close()
+        # No pe.close(): it only unmaps files pefile opened itself (we pass bytes), and then
+        # runs a full gc.collect(), which cost 15 ms per file, a fifth of a corpus scan.
 
     # --- directories -------------------------------------------------------------------------
     def _parse_directories(self, pe: pefile.PE) -> None:

@@ -239,14 +239,14 @@ def _calls(program: list[tuple[str, str]], pops=None, odd=()) -> list[tuple]:
 
     sem = X86Semantics(_Image(), callee_pops, lambda _rva: None, lambda t: t in odd)
     insns = [Insn(0x1000 + 8 * i, 8, m, o) for i, (m, o) in enumerate(program)]
-    seen = []
 
     def observe(state, insn):
-        if insn.mnemonic == "call":
-            target = sem.call_target(state, insn)
-            seen.append((target, tuple(sem.call_args(state, insn, target, tail=False))))
+        target = sem.call_target(state, insn)
+        return target, tuple(sem.call_args(state, insn, target, tail=False))
 
-    assert run(insns, sem.entry_state(), sem.transfer, sem.flow, lambda _a: State(), observe)
+    converged, seen = run(insns, sem.entry_state(), sem.transfer, sem.flow, lambda _a: State(),
+                          observe, lambda insn: insn.mnemonic == "call")
+    assert converged
     return seen
 
 

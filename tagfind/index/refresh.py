@@ -230,7 +230,10 @@ class _Refresh:
             self.stats.failed.append((item.path, error[0]))
 
     def _scan_and_store(self, to_scan: dict[str, list[_Pending]]) -> None:
-        tasks = [(items[0].path, sha) for sha, items in to_scan.items()]
+        # Largest first: scan time grows with size, and a big file started last would leave
+        # the other workers idle while it finishes alone.
+        ordered = sorted(to_scan.items(), key=lambda kv: -kv[1][0].size)
+        tasks = [(items[0].path, sha) for sha, items in ordered]
         batch: list[tuple[list[_Pending], _Outcome]] = []
         last_commit = time.monotonic()
         # A few files scan faster here than in freshly started processes, when the time limit

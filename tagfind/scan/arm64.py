@@ -54,6 +54,7 @@ from ..apis import (
     structured_api,
 )
 from .dataflow import (
+    FALL_THROUGH,
     FIELD,
     GLOBAL,
     INDIRECT,
@@ -159,12 +160,17 @@ def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
     offset = 0
     limit = len(code) & ~3
     while offset < limit:
-        for addr, size, mnem, ops in md.disasm_lite(code[offset:limit], address + offset):
-            out.append(Insn(addr, size, mnem, ops))
-            offset = addr + size - address
+        chunk = list(map(_as_insn, md.disasm_lite(code[offset:limit], address + offset)))
+        if chunk:
+            out += chunk
+            offset = chunk[-1].address + chunk[-1].size - address
         if offset < limit:
             offset += 4
     return out
+
+
+def _as_insn(item: tuple[int, int, str, str]) -> Insn:
+    return tuple.__new__(Insn, item)  # disasm_lite's tuples have Insn's fields, in order
 
 
 @lru_cache(maxsize=1 << 16)
@@ -542,7 +548,7 @@ class Arm64Semantics:
             ops = _operands(insn.op_str)
             target = _imm(ops[-1]) if ops else None
             return Flow((target,) if target is not None else (), True)
-        return Flow()
+        return FALL_THROUGH
 
     def call_target(self, state: State, insn: Insn) -> Value | None:
         """Where bl/blr/b/br goes: ('imp', api), ('wdf', slot), an int RVA for local code, or
@@ -618,6 +624,14 @@ def _memory_operand(mem: str) -> tuple[str, int | None]:
 def _memory_index(ops: tuple[str, ...]) -> int | None:
     """Which operand is the memory one."""
     return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
+
+
+def _observed(insn: Insn) -> bool:
+    return insn.mnemonic in _OBSERVED
+
+
+def _observed_or_store(insn: Insn) -> bool:
+    return insn.mnemonic in _OBSERVED or insn.mnemonic.startswith("st")
 
 
 def _is_table_jump(prev: Insn, insn: Insn) -> bool:
@@ -974,19 +988,18 @@ class Arm64Backend:
         code = self.image.read(function, end - function)
         insns = decode(self.md, code, function)
         sem = self.semantics
-        events: list[CallEvent] = []
         lo, hi = function, function + len(code)
 
-        def observe(state: State, insn: Insn) -> None:
+        def observe(state: State, insn: Insn) -> CallEvent | None:
             mnem = insn.mnemonic
             if mnem == "b":
                 direct = _imm(insn.op_str)
                 if direct is None or lo <= direct < hi:
-                    return  # a branch inside the function
+                    return None  # a branch inside the function
             elif mnem not in ("bl", "blr", "br"):
-                return
+                return None
             if insn.address - 8 in self._thunks:
-                return  # an import thunk's own branch stands for the API; it is not a use
+                return None  # an import thunk's own branch stands for the API; not a use
             target = sem.call_target(state, insn)
             if not (isinstance(target, int)
                     or (isinstance(target, tuple) and target[0] in ("imp", "wdf"))):
@@ -996,12 +1009,11 @@ class Arm64Backend:
                     args = sem.call_args(state, None)
                     fields = stack_fields(state, args)
                     if fields:
-                        events.append(CallEvent(insn.address, function, INDIRECT, tuple(args),
-                                                fields))
-                return
+                        return CallEvent(insn.address, function, INDIRECT, tuple(args), fields)
+                return None
             args = sem.call_args(state, target)
             fields = stack_fields(state, args) if isinstance(target, int) else ()
-            events.append(CallEvent(insn.address, function, target, tuple(args), fields))
+            return CallEvent(insn.address, function, target, tuple(args), fields)
 
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # Inside a .pdata function a block no edge reaches is a switch case (reached through
@@ -1012,6 +1024,8 @@ class Arm64Backend:
 
         flow = jump_table_flow(insns, sem.flow, _is_table_jump) if (
             has_pdata and not self.image.has_exception_handler(function)) else sem.flow
-        converged = run(insns, entry, sem.transfer, flow, orphan, observe,
-                        observed=lambda insn: insn.mnemonic in _OBSERVED)
+        # With run-time lookups modelled, stores matter too: one may keep a looked-up pool
+        # API in a global (a side effect of the transfer that later analyses read).
+        observed = _observed_or_store if sem.modelled_calls else _observed
+        converged, events = run(insns, entry, sem.transfer, flow, orphan, observe, observed)
         return events if converged else without_args(events)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
 
@@ -125,8 +125,10 @@ class State:
 _MISSING = object()
 
 
-@dataclass(frozen=True)
-class Insn:
+class Insn(NamedTuple):
+    """One decoded instruction (a tuple: made a hundred thousand times per large driver, and
+    a frozen dataclass costs three times as much to create)."""
+
     address: int
     size: int
     mnemonic: str
@@ -149,6 +151,8 @@ class Flow:
 
 Transfer = Callable[[State, Insn], None]
 FlowOf = Callable[[Insn], Flow]
+Observe = Callable[[State, Insn], Any]
+FALL_THROUGH = Flow()  # most instructions: flow_of returns this one object for them
 DISPATCH = Flow((), False, indirect=True)
 
 
@@ -171,28 +175,35 @@ def run(
     transfer: Transfer,
     flow_of: FlowOf,
     orphan_state: Callable[[int], State],
-    observe: Callable[[State, Insn], Any],
+    observe: Observe,
+    observed: Callable[[Insn], bool],
     max_rounds: int = 40,
-    observed: Callable[[Insn], bool] | None = None,
-) -> bool:
-    """Iterate states to a fixpoint, then replay every block once calling observe(state, insn)
-    before each instruction's transfer. Blocks no edge reaches start from
-    orphan_state(address of the block). `observed(insn)` says which instructions observe
-    cares about (calls, jumps): the replay of a block stops after its last one.
-    Returns False when the iteration budget ran out before a fixpoint: the observed values
-    may then be wrong and must not be trusted."""
+) -> tuple[bool, list[Any]]:
+    """Iterate states to a fixpoint over the function's blocks and return what observe(state,
+    insn) says (when not None) at each instruction that observed(insn) selects, with the
+    states of the fixpoint, in address order. Blocks no edge reaches start from
+    orphan_state(address of the block).
+
+    Each block's observations are taken while it runs, and kept from its last run: at the
+    fixpoint that run had the block's final entry state (a change requeues the block), so no
+    second pass is needed. Blocks from which no observed instruction can be reached are not
+    run at all, and a block whose successors all are such stops after its last observed
+    instruction: their states flow to nothing that is observed.
+    Returns (False, ...) when the iteration budget ran out before a fixpoint: the observed
+    values may then be wrong and must not be trusted."""
     if not insns:
-        return True
+        return True, []
     index_of = {insn.address: i for i, insn in enumerate(insns)}
     flows = [flow_of(insn) for insn in insns]
     leaders = {0}
     for i, flow in enumerate(flows):
-        for target in flow.targets:
-            j = index_of.get(target)
-            if j is not None:
-                leaders.add(j)
-        if flow.targets or not flow.falls_through:
-            leaders.add(i + 1)
+        if flow is not FALL_THROUGH:
+            for target in flow.targets:
+                j = index_of.get(target)
+                if j is not None:
+                    leaders.add(j)
+            if flow.targets or not flow.falls_through:
+                leaders.add(i + 1)
     starts = sorted(j for j in leaders if j < len(insns))
     blocks = [(s, e) for s, e in zip(starts, [*starts[1:], len(insns)], strict=True)]
     block_at = {s: b for b, (s, _) in enumerate(blocks)}
@@ -218,15 +229,45 @@ def run(
                     succs[d].append(b)
                     preds_count[b] += 1
 
+    # Where each block's run may stop: after its last observed instruction when none of its
+    # successors leads to one, at its end when one does, and nowhere (not run) when neither.
+    observed_at = [observed(insn) for insn in insns]
+    last_observed = []
+    for s, e in blocks:
+        while e > s and not observed_at[e - 1]:
+            e -= 1
+        last_observed.append(e)
+    live = [last_observed[b] > blocks[b][0] for b in range(len(blocks))]
+    changed = True
+    while changed:  # backwards reachability; few rounds, as blocks are in address order
+        changed = False
+        for b in range(len(blocks) - 1, -1, -1):
+            if not live[b] and any(live[nb] for nb in succs[b]):
+                live[b] = changed = True
+    stop = [blocks[b][1] if any(live[nb] for nb in succs[b]) else last_observed[b]
+            for b in range(len(blocks))]
+
     states: list[State | None] = [None] * len(blocks)
     states[0] = entry
     for b in range(1, len(blocks)):
         if preds_count[b] == 0:
             states[b] = orphan_state(insns[blocks[b][0]].address)
+    seen: list[list[Any]] = [[] for _ in blocks]
+
+    def run_block(b: int, state: State) -> None:
+        notes = seen[b] = []
+        for i in range(blocks[b][0], stop[b]):
+            insn = insns[i]
+            if observed_at[i]:
+                note = observe(state, insn)
+                if note is not None:
+                    notes.append(note)
+            transfer(state, insn)
+
     # Blocks in address order approximate reverse postorder for compiled code: taking the
     # lowest pending block first lets each block see its predecessors' states before it runs,
     # so most blocks run once and loops a few times.
-    work = [b for b in range(len(blocks)) if states[b] is not None]
+    work = [b for b in range(len(blocks)) if states[b] is not None and live[b]]
     queued = [False] * len(blocks)
     for b in work:
         queued[b] = True
@@ -238,10 +279,10 @@ def run(
         b = heapq.heappop(work)
         queued[b] = False
         state = states[b].copy()
-        s, e = blocks[b]
-        for i in range(s, e):
-            transfer(state, insns[i])
+        run_block(b, state)
         for nb in succs[b]:
+            if not live[nb]:
+                continue
             old = states[nb]
             back = nb <= b  # blocks are in address order: an edge backwards closes a loop
             if back:
@@ -253,18 +294,12 @@ def run(
                 if not queued[nb]:
                     queued[nb] = True
                     heapq.heappush(work, nb)
-
-    for b, (s, e) in enumerate(blocks):
-        if observed is not None:
-            while e > s and not observed(insns[e - 1]):
-                e -= 1
-            if e == s:
-                continue
-        state_in = states[b]
-        if state_in is None:  # reached only from blocks the budget never got to
-            state_in = orphan_state(insns[s].address)
-        state = state_in.copy()
-        for i in range(s, e):
-            observe(state, insns[i])
-            transfer(state, insns[i])
-    return not work
+    converged = not work
+    # Out of budget: blocks still pending observe their latest states; blocks reached only
+    # from blocks the budget never got to start from the orphan state.
+    for b in work:
+        run_block(b, states[b].copy())
+    for b in range(len(blocks)):
+        if states[b] is None and last_observed[b] > blocks[b][0]:
+            run_block(b, orphan_state(insns[blocks[b][0]].address))
+    return converged, [note for notes in seen for note in notes]

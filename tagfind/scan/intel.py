@@ -22,7 +22,19 @@ import capstone
 import numpy as np
 
 from ..apis import APIS_BY_IMPORT
-from .dataflow import FIELD, GLOBAL, INDIRECT, Flow, Insn, State, Value, join, members, one_of
+from .dataflow import (
+    FALL_THROUGH,
+    FIELD,
+    GLOBAL,
+    INDIRECT,
+    Flow,
+    Insn,
+    State,
+    Value,
+    join,
+    members,
+    one_of,
+)
 from .finder import CallEvent
 from .frames import (
     CallIndex,
@@ -531,7 +543,7 @@ class IntelSemantics:
         if mnem.startswith(("j", "loop")):
             target = direct_target(insn.op_str)
             return Flow((target,) if target is not None else (), True)
-        return Flow()
+        return FALL_THROUGH
 
 
 # --- pool APIs looked up by name at run time --------------------------------------------------
@@ -546,6 +558,25 @@ def routine_name(image, rva: int) -> str | None:
     raw = image.read(rva, 2 * MAX_NAME_CHARS)
     text = raw.decode("utf-16-le", errors="replace").split("\0", 1)[0]
     return text if text.isidentifier() else None
+
+
+# --- what the observer looks at ---------------------------------------------------------------
+def _calls_or_jumps(insn: Insn) -> bool:
+    return insn.mnemonic in ("call", "jmp")
+
+
+def _calls_jumps_or_stores(insn: Insn) -> bool:
+    mnem = insn.mnemonic
+    return mnem in ("call", "jmp") or (mnem in ("mov", "xchg") and "[" in insn.op_str)
+
+
+def observed_insns(sem) -> Callable[[Insn], bool]:
+    """The instructions dataflow.run must run for the observer: calls and jumps, and where
+    the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
+    global, a side effect of the transfer that later analyses read)."""
+    if getattr(sem, "modelled_calls", None) or getattr(sem, "models_lookup", False):
+        return _calls_jumps_or_stores
+    return _calls_or_jumps
 
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -567,8 +598,9 @@ def decode(md: capstone.Cs, code: bytes, address: int, stop_after: int = _NEVER)
     offset = 0
     limit = len(code)
     while offset < limit:
-        for addr, size, mnem, ops in md.disasm_lite(code[offset:], address + offset):
-            out.append(Insn(addr, size, mnem, ops))
+        for item in md.disasm_lite(code[offset:], address + offset):
+            out.append(tuple.__new__(Insn, item))  # disasm_lite's tuples have Insn's fields
+            addr, size, mnem, _ops = item
             offset = addr + size - address
             if addr > stop_after and (mnem in TERMINATORS or mnem == "jmp"):
                 return out
@@ -673,11 +705,11 @@ class IntelBackend:
     def callers_of(self, target: int) -> list[int]:
         return self.calls.callers_of(target)
 
-    def _observer(self, function: int, spans: list[tuple[int, int]], events: list[CallEvent],
+    def _observer(self, function: int, spans: list[tuple[int, int]],
                   called: set[int] | frozenset[int] = frozenset()
-                  ) -> Callable[[State, Insn], None]:
+                  ) -> Callable[[State, Insn], CallEvent | None]:
         """observe() for dataflow.run over the regions [lo, hi) in spans (one, or a function
-        and its chained fragments): appends a CallEvent for each call, and for each jmp that
+        and its chained fragments): a CallEvent for each call, and for each jmp that
         leaves the regions or goes to an address in `called` (a tail call into a function
         that shares the region)."""
         sem = self.semantics
@@ -685,14 +717,14 @@ class IntelBackend:
         def inside(address: int) -> bool:
             return any(lo <= address < hi for lo, hi in spans)
 
-        def observe(state: State, insn: Insn) -> None:
+        def observe(state: State, insn: Insn) -> CallEvent | None:
             mnem = insn.mnemonic
             if mnem == "jmp":
                 direct = direct_target(insn.op_str)
                 if direct is not None and inside(direct) and direct not in called:
-                    return  # a branch inside the function
+                    return None  # a branch inside the function
             elif mnem != "call":
-                return
+                return None
             target = sem.call_target(state, insn)
             if not _resolved(target):
                 if mnem == "call":
@@ -701,12 +733,11 @@ class IntelBackend:
                     args = sem.call_args(state, insn, None, tail=False)
                     fields = stack_fields(state, args)
                     if fields:
-                        events.append(CallEvent(insn.address, function, INDIRECT, tuple(args),
-                                                fields))
-                return
+                        return CallEvent(insn.address, function, INDIRECT, tuple(args), fields)
+                return None
             args = sem.call_args(state, insn, target, tail=(mnem == "jmp"))
             fields = stack_fields(state, args) if isinstance(target, int) else ()
-            events.append(CallEvent(insn.address, function, target, tuple(args), fields))
+            return CallEvent(insn.address, function, target, tuple(args), fields)
 
         return observe
 

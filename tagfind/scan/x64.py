@@ -51,6 +51,7 @@ from .intel import (
     forget_vectors,
     jumps_through,
     make_decoder,
+    observed_insns,
     parse_memory,
     rel32_branches,
     routine_name,
@@ -448,12 +449,11 @@ class X64Backend(IntelBackend):
             insns.extend(decode(self.md, code, begin, stop_after=stop))
             spans.append((begin, begin + len(code)))
         sem = self.semantics
-        events: list[CallEvent] = []
         lo, hi = spans[0]
         # Without .pdata several leaf functions may share the region; a jmp to an address that
         # some call targets is a tail call into another function, not a branch in this one.
         called = set() if has_pdata else set(self.calls.called_between(lo, hi))
-        observe = self._observer(function, spans, events, called)
+        observe = self._observer(function, spans, called)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         entries = [function]
 
@@ -474,8 +474,8 @@ class X64Backend(IntelBackend):
 
         if has_pdata and not self.image.has_exception_handler(function):
             flow = jump_table_flow(insns, flow, _is_table_jump)
-        converged = run(insns, entry, sem.transfer, flow, orphan, observe,
-                        observed=_calls_or_jumps)
+        converged, events = run(insns, entry, sem.transfer, flow, orphan, observe,
+                                observed_insns(sem))
         addresses = [insn.address for insn in insns]
         starts = sorted({_skip_padding(insns, a, addresses) for a in entries})
         out = []
@@ -497,10 +497,6 @@ def _is_table_jump(prev: Insn, insn: Insn) -> bool:
 
 _REG64 = frozenset({"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp",
                     *(f"r{n}" for n in range(8, 16))})
-
-
-def _calls_or_jumps(insn: Insn) -> bool:
-    return insn.mnemonic in ("call", "jmp")
 
 
 def _skip_padding(insns: list[Insn], address: int, addresses: list[int] | None = None) -> int:

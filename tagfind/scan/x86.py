@@ -94,6 +94,7 @@ from .intel import (
     forget_vectors,
     jumps_through,
     make_decoder,
+    observed_insns,
     operands,
     parse_memory,
     rel32_branches,
@@ -758,13 +759,12 @@ class X86Backend(IntelBackend):
         code = self.image.read(function, end - function)
         insns = decode(self.md, code, function)
         sem = self.semantics
-        events: list[CallEvent] = []
-        observe = self._observer(function, [(function, function + len(code))], events)
+        observe = self._observer(function, [(function, function + len(code))])
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
-        converged = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(), observe,
-                        observed=lambda insn: insn.mnemonic in ("call", "jmp"))
+        converged, events = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(),
+                                observe, observed_insns(sem))
         return events if converged else without_args(events)
 
 
