@@ -146,6 +146,23 @@ STRING_INIT_IMPORT = "RtlInitUnicodeString"
 WDF_BIND_IMPORT = "WdfVersionBind"
 RESOLVER_IMPORTS = frozenset({ROUTINE_LOOKUP_IMPORT, WDF_BIND_IMPORT})
 
+
+# The imports whose calls the finder and the backends' first pass read: calls of any other
+# import make no CallEvent.
+EVENT_IMPORTS = frozenset(APIS_BY_IMPORT) | RESOLVER_IMPORTS
+
+
+def resolvers_followed(image) -> frozenset[str]:
+    """The RESOLVER_IMPORTS an image imports whose calls can lead to a pool API. The backends
+    read the name MmGetSystemRoutineAddress is asked for as UTF-16 text in the image, so
+    without one of RUNTIME_LOOKUP_APIS's names in that form no lookup gives a pool API, and
+    following its calls (a first analysis pass, and modelling the call) cannot change a site."""
+    names = set(image.imports.values()) & RESOLVER_IMPORTS
+    if ROUTINE_LOOKUP_IMPORT in names and not any(
+            image.holds(name.encode("utf-16-le")) for name in RUNTIME_LOOKUP_APIS):
+        names.discard(ROUTINE_LOOKUP_IMPORT)
+    return frozenset(names)
+
 # WDF_BIND_INFO (fxldr.h): ULONG Size; PWCHAR Component; WDF_VERSION Version (3 ULONGs);
 # ULONG FuncCount; WDFFUNC *FuncTable; ... FuncTable's offset by pointer width in bits.
 # FuncTable holds the address of the driver's WdfFunctions variable (KMDF 1.15 and later: a

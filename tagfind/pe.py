@@ -211,6 +211,10 @@ class PEImage:
             self._section_of[rva] = found
         return found
 
+    def holds(self, needle: bytes) -> bool:
+        """Whether some section's bytes contain needle (read() never crosses a section)."""
+        return any(needle in section.data for section in self.sections)
+
     def read(self, rva: int, size: int) -> bytes:
         """Bytes at an RVA as the loaded image holds them: a section's zero-filled tail reads
         as zeros; short or empty past the end of every section."""

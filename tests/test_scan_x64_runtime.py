@@ -36,6 +36,9 @@ class _Image:
     def read(self, rva: int, size: int) -> bytes:
         return bytes(self.mem[rva : rva + size])
 
+    def holds(self, needle: bytes) -> bool:
+        return needle in self.mem
+
     @staticmethod
     def is_readonly_data(rva: int) -> bool:
         return 0x3000 <= rva < 0x4000
@@ -159,3 +162,12 @@ def test_the_string_instruction_movsd_is_no_vector_move_and_movq_to_a_register_i
                         ("mov", "eax, 9"), ("movq", "rax, xmm0")])
     assert "rsi" not in state.regs and not state.stack  # the string copy's effects
     assert "rax" not in state.regs
+
+
+def test_lookups_are_followed_only_where_a_pool_api_name_is_in_the_image():
+    from tagfind.apis import resolvers_followed
+
+    image = _Image()
+    assert "MmGetSystemRoutineAddress" in resolvers_followed(image)
+    image._put(NAME_RVA, "KeBugCheck2\0".encode("utf-16-le"))  # no pool API's name is left
+    assert "MmGetSystemRoutineAddress" not in resolvers_followed(image)

@@ -44,6 +44,7 @@ import numpy as np
 
 from ..apis import (
     APIS_BY_IMPORT,
+    EVENT_IMPORTS,
     RESOLVER_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
@@ -51,6 +52,7 @@ from ..apis import (
     WDF_APIS_BY_INDEX,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    resolvers_followed,
     structured_api,
 )
 from .dataflow import (
@@ -218,8 +220,9 @@ class Arm64Semantics:
         imported = set(self.imports.values())
         # Calls whose effect we model, only when the image looks routines up by name (else no
         # cost): RtlInitUnicodeString matters only on the way to MmGetSystemRoutineAddress.
+        self.resolvers = resolvers_followed(image)
         self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
-                               if ROUTINE_LOOKUP_IMPORT in imported else set())
+                               if ROUTINE_LOOKUP_IMPORT in self.resolvers else set())
         self.modelled_thunks: dict[int, str] = {}  # import thunk RVA -> MODELLED_IMPORTS name
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
@@ -746,7 +749,7 @@ class Arm64Backend:
         self._adrp_hits: list[int] = []
         # IAT slots of the imports that fill pointers at run time, and references to them.
         self.resolver_slots = {slot for slot, name in image.imports.items()
-                               if name in RESOLVER_IMPORTS}
+                               if name in self.semantics.resolvers}
         self._resolver_hits: list[int] = []
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
@@ -876,7 +879,7 @@ class Arm64Backend:
                                if name in MODELLED_IMPORTS}
         sites = list(self._resolver_hits)
         sites += self.calls.callers_of_any(
-            rva for rva, name in sem.modelled_thunks.items() if name in RESOLVER_IMPORTS)
+            rva for rva, name in sem.modelled_thunks.items() if name in sem.resolvers)
         if not sites:
             return
         functions = dict.fromkeys(f for f in map(self.function_of, sites) if f is not None)
@@ -1001,6 +1004,8 @@ class Arm64Backend:
             if insn.address - 8 in self._thunks:
                 return None  # an import thunk's own branch stands for the API; not a use
             target = sem.call_target(state, insn)
+            if type(target) is tuple and target[0] == "imp" and target[1] not in EVENT_IMPORTS:
+                return None  # memset, KeAcquireSpinLock...: nothing reads the call
             if not (isinstance(target, int)
                     or (isinstance(target, tuple) and target[0] in ("imp", "wdf"))):
                 if mnem == "blr":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
@@ -65,19 +65,30 @@ def one_of(values: Sequence[Value | None]) -> Value | None:
     return out
 
 
-@dataclass
 class State:
     """Registers and stack slots known at one point. Missing means unknown.
 
     `fresh` marks a function entry: untouched stack slots above the return address are the
-    caller's arguments."""
+    caller's arguments. (A slotted class: states are copied at every block of every function.)"""
 
-    regs: dict[str, Value] = field(default_factory=dict)
-    stack: dict[int, tuple[int, Value]] = field(default_factory=dict)  # offset -> (width, value)
-    fresh: bool = False
+    __slots__ = ("regs", "stack", "fresh")
+
+    def __init__(self, regs: dict[str, Value] | None = None,
+                 stack: dict[int, tuple[int, Value]] | None = None, fresh: bool = False) -> None:
+        self.regs = {} if regs is None else regs
+        self.stack = {} if stack is None else stack  # offset -> (width, value)
+        self.fresh = fresh
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, State) and self.same_as(other)
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        return f"State(regs={self.regs!r}, stack={self.stack!r}, fresh={self.fresh!r})"
 
     def copy(self) -> State:
-        return State(dict(self.regs), dict(self.stack), self.fresh)
+        return State(self.regs.copy(), self.stack.copy(), self.fresh)
 
     def meet(self, other: State, widen: bool = False) -> State:
         """The state where paths from self and other join: each value is what either path
@@ -85,7 +96,7 @@ class State:
         unknown instead, so the iteration ends quickly."""
         fresh = self.fresh and other.fresh
         if self.regs == other.regs and self.stack == other.stack:
-            return State(dict(self.regs), dict(self.stack), fresh)  # the common case: a fixpoint
+            return State(self.regs.copy(), self.stack.copy(), fresh)  # the common case: a fixpoint
         oregs = other.regs
         regs = {}
         for k, v in self.regs.items():

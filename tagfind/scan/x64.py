@@ -26,12 +26,12 @@ import bisect
 import numpy as np
 
 from ..apis import (
-    RESOLVER_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    resolvers_followed,
     structured_api,
 )
 from .dataflow import Flow, Insn, State, Value, jump_table_flow, run
@@ -80,8 +80,9 @@ class X64Semantics(IntelSemantics):
         imported = set(image.imports.values())
         # Calls whose effect we model, only when the image looks routines up by name (else no
         # cost): RtlInitUnicodeString matters only on the way to MmGetSystemRoutineAddress.
+        self.resolvers = resolvers_followed(image)
         self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
-                               if ROUTINE_LOOKUP_IMPORT in imported else set())
+                               if ROUTINE_LOOKUP_IMPORT in self.resolvers else set())
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.resolver_thunks: dict[int, str] = {}  # MinGW `jmp [IAT]` stubs of RESOLVER_IMPORTS
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
@@ -288,7 +289,7 @@ class X64Backend(IntelBackend):
         self._jump_slots: dict[int, str] = {}  # jmp [IAT] locations: thunks or tail calls
         # IAT slots of the imports that fill pointers at run time, and references to them.
         self.resolver_slots = {slot for slot, name in image.imports.items()
-                               if name in RESOLVER_IMPORTS}
+                               if name in self.semantics.resolvers}
         self._resolver_hits: list[int] = []
         self._resolver_jumps: dict[int, str] = {}  # jmp [IAT] of a resolver import -> name
         self._scan_code()
@@ -466,11 +467,13 @@ class X64Backend(IntelBackend):
             entries.append(address)
             return sem.entry_state()
 
-        def flow(insn: Insn) -> Flow:
+        def flow_with_tail_calls(insn: Insn) -> Flow:
             result = sem.flow(insn)
-            if called and insn.mnemonic == "jmp" and set(result.targets) & called:
+            if insn.mnemonic == "jmp" and set(result.targets) & called:
                 return Flow((), False)
             return result
+
+        flow = flow_with_tail_calls if called else sem.flow
 
         if has_pdata and not self.image.has_exception_handler(function):
             flow = jump_table_flow(insns, flow, _is_table_jump)

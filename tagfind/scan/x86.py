@@ -61,12 +61,12 @@ from collections.abc import Callable
 import numpy as np
 
 from ..apis import (
-    RESOLVER_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
     WDF_BIND_IMPORT,
     WDF_BIND_INFO_FUNC_TABLE,
+    resolvers_followed,
     structured_api,
 )
 from .dataflow import Insn, State, Value, run
@@ -217,7 +217,8 @@ class X86Semantics(IntelSemantics):
         self.moves_frame = moves_frame
         # Pool APIs looked up by name at run time (see x64.py): modelled only when the image
         # imports MmGetSystemRoutineAddress.
-        self.models_lookup = ROUTINE_LOOKUP_IMPORT in set(image.imports.values())
+        self.resolvers = resolvers_followed(image)
+        self.models_lookup = ROUTINE_LOOKUP_IMPORT in self.resolvers
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
 
@@ -487,7 +488,7 @@ class X86Backend(IntelBackend):
         self._odd_frames: set[int] = set()  # local callees that move esp oddly
         # IAT slots of the imports that fill pointers at run time, and references to them.
         self.resolver_slots = {slot for slot, name in image.imports.items()
-                               if name in RESOLVER_IMPORTS}
+                               if name in self.semantics.resolvers}
         self._resolver_hits: list[int] = []
         self._scan_code()
         self._classify_jumps()
@@ -534,7 +535,7 @@ class X86Backend(IntelBackend):
         sem = self.semantics
         sites = [rva for rva in self._resolver_hits if rva - 2 not in self._thunks]
         for thunk, name in self._thunks.items():
-            if name in RESOLVER_IMPORTS:
+            if name in sem.resolvers:
                 sites.extend(self.callers_of(thunk))
         for function in dict.fromkeys(f for f in map(self.function_of, sites) if f is not None):
             for event in self.analyse(function):
