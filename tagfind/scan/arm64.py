@@ -268,22 +268,6 @@ class Arm64Semantics:
         return _imm(text)
 
     # --- memory -----------------------------------------------------------------------------
-    def _address(self, state: State, mem: str) -> tuple[str, int | None]:
-        """('stack', offset) | ('abs', rva) | ('other', None) for a `[base, #off]` operand."""
-        base_reg, disp = _memory_operand(mem)
-        if disp is None:
-            return ("other", None)  # register index or extend: not a fixed address
-        base = self.get(state, base_reg) if base_reg in REGS else None
-        if isinstance(base, tuple) and base[0] == "sp":
-            return ("stack", base[1] + disp)
-        if isinstance(base, tuple) and base[0] == "arg":
-            return (("field", base[1]), disp)  # a structure the caller passed by pointer
-        if isinstance(base, int):
-            return ("abs", (base + disp) & MASK64)
-        if base == WDF_TABLE:
-            return ("wdf", disp)
-        return ("other", None)
-
     def _load(self, state: State, where: tuple, width: int) -> Value | None:
         kind, addr = where
         if kind == "stack":
@@ -343,7 +327,11 @@ class Arm64Semantics:
             if mnem in ("bl", "blr"):
                 self._clobber(state)
             return
-        if mnem in ("mov", "movz") and len(ops) >= 2:
+        if mnem in _PLAIN_LOADS:
+            self._load_insn(state, mnem, insn.op_str, ops)
+        elif mnem in _PLAIN_STORES:
+            self._store_insn(state, mnem, insn.op_str, ops)
+        elif mnem in ("mov", "movz") and len(ops) >= 2:
             value = self.operand(state, ops[1])
             shift = _shift(ops, 2)
             if isinstance(value, int) and shift:
@@ -369,10 +357,6 @@ class Arm64Semantics:
             if mnem != "csel":
                 second = _SELECTS[mnem](second) if isinstance(second, int) else None
             self.set(state, ops[0], join(self.operand(state, ops[1]), second))
-        elif mnem in _PLAIN_LOADS:
-            self._load_insn(state, mnem, ops)
-        elif mnem in _PLAIN_STORES:
-            self._store_insn(state, mnem, ops)
         elif mnem in ("bl", "blr"):
             self._call(state, insn)
         elif mnem in ("blraa", "blrab", "blraaz", "blrabz"):
@@ -413,14 +397,30 @@ class Arm64Semantics:
         else:
             self.set(state, ops[0], None)
 
-    @staticmethod
-    def _mem_index(ops: tuple[str, ...]) -> int | None:
-        return _memory_index(ops)
+    def _base_address(self, state: State, base_reg: str, disp: int | None
+                      ) -> tuple[str | tuple, int | None]:
+        """Where `[base, #disp]` points: ('stack', offset) | ('abs', rva) | (('field', k),
+        offset) in a structure argument k points at | ('wdf', offset) in the KMDF table |
+        ('other', None)."""
+        if disp is None:
+            return ("other", None)  # register index or extend: not a fixed address
+        base = self.get(state, base_reg) if base_reg in REGS else None
+        if base is None:
+            return ("other", None)
+        if isinstance(base, tuple):
+            if base[0] == "sp":
+                return ("stack", base[1] + disp)
+            if base[0] == "arg":
+                return (("field", base[1]), disp)  # a structure the caller passed by pointer
+        if isinstance(base, int):
+            return ("abs", (base + disp) & MASK64)
+        if base == WDF_TABLE:
+            return ("wdf", disp)
+        return ("other", None)
 
-    def _load_insn(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
-        mem = self._mem_index(ops)
-        dests = ops[:2] if mnem.startswith("ldp") else ops[:1]
-        if mem is None:
+    def _load_insn(self, state: State, mnem: str, op_str: str, ops: tuple[str, ...]) -> None:
+        form = _load_form(mnem, op_str)
+        if form is None:
             # ldr wN, #literal: a PC-relative load from the literal pool.
             addr = _imm(ops[1]) if len(ops) == 2 else None
             value = None
@@ -428,26 +428,25 @@ class Arm64Semantics:
                 value = self._load(state, ("abs", addr), _reg_width(ops[0], mnem))
             self.set(state, ops[0], value if mnem in ("ldr", "ldur") else None)
             return
-        where = self._address(state, ops[mem])  # post-index `[xN], #off` reads at xN itself
-        width = _reg_width(dests[0], mnem)
+        dests, base_reg, disp, width, signed, mem = form
+        where = self._base_address(state, base_reg, disp)  # post-index reads at xN itself
+        kind = where[0]
         for k, dest in enumerate(dests):
             value = None
-            if where[0] != "other":
-                offset = where[1] + k * width
-                value = self._load(state, (where[0], offset), width)
-                if mnem.startswith(("ldrs", "ldurs", "ldpsw")) and isinstance(value, int):
+            if kind != "other":
+                value = self._load(state, (kind, where[1] + k * width), width)
+                if signed and isinstance(value, int):
                     value = None  # sign extension: keep it simple, the tag is never signed
             self.set(state, dest, value)
-        if ops[mem].endswith("!") or mem + 1 < len(ops):
+        if mem is not None:
             self._writeback(state, ops, mem)
 
-    def _store_insn(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
-        mem = self._mem_index(ops)
-        if mem is None:
+    def _store_insn(self, state: State, mnem: str, op_str: str, ops: tuple[str, ...]) -> None:
+        form = _store_form(mnem, op_str)
+        if form is None:
             return
-        sources = ops[:mem]
-        where = self._address(state, ops[mem])
-        width = _STORE_WIDTH.get(mnem) or _reg_width(sources[0], mnem)
+        sources, base_reg, disp, width, mem = form
+        where = self._base_address(state, base_reg, disp)
         if where[0] == "stack":
             for k, src in enumerate(sources):
                 write_stack(state, LAYOUT, where[1] + k * width, width,
@@ -458,11 +457,9 @@ class Arm64Semantics:
             if isinstance(value, tuple) and value[0] == ROUTINE:
                 # The global that keeps a looked-up pool API: calls through it call the API.
                 self.runtime_slots[self._rva(where[1])] = value[1]
-        elif where[0] == "other":
-            base = ops[mem].strip().rstrip("!")[1:-1].split(",")[0].strip()
-            if REGS.get(base, ("",))[0] == "sp":
-                state.stack.clear()  # an sp-relative store at an index we cannot follow
-        if ops[mem].endswith("!") or mem + 1 < len(ops):
+        elif where[0] == "other" and REGS.get(base_reg, ("",))[0] == "sp":
+            state.stack.clear()  # an sp-relative store at an index we cannot follow
+        if mem is not None:
             self._writeback(state, ops, mem)
 
     @staticmethod
@@ -621,6 +618,40 @@ def _memory_operand(mem: str) -> tuple[str, int | None]:
         return parts[0], 0
     value = _imm(parts[1])
     return parts[0], (value if value is not None and len(parts) == 2 else None)
+
+
+@lru_cache(maxsize=1 << 16)
+def _load_form(mnem: str, op_str: str) -> tuple | None:
+    """A load's operands parsed once: (destinations, base register, displacement or None,
+    width of each destination, sign-extends, index of the memory operand when it writes its
+    base back, else None); None for a literal load (no memory operand)."""
+    ops = _operands(op_str)
+    mem = _memory_index(ops)
+    if mem is None:
+        return None
+    dests = ops[:2] if mnem.startswith("ldp") else ops[:1]
+    base_reg, disp = _memory_operand(ops[mem])
+    return (dests, base_reg, disp, _reg_width(dests[0], mnem),
+            mnem.startswith(("ldrs", "ldurs", "ldpsw")), _writeback_index(ops, mem))
+
+
+@lru_cache(maxsize=1 << 16)
+def _store_form(mnem: str, op_str: str) -> tuple | None:
+    """A store's operands parsed once: (sources, base register, displacement or None, width
+    of each source, index of the memory operand when it writes its base back, else None)."""
+    ops = _operands(op_str)
+    mem = _memory_index(ops)
+    if mem is None:
+        return None
+    sources = ops[:mem]
+    base_reg, disp = _memory_operand(ops[mem])
+    width = _STORE_WIDTH.get(mnem) or _reg_width(sources[0], mnem)
+    return (sources, base_reg, disp, width, _writeback_index(ops, mem))
+
+
+def _writeback_index(ops: tuple[str, ...], mem: int) -> int | None:
+    """mem when the operand is pre-index `[xN, #off]!` or post-index `[xN], #off`."""
+    return mem if ops[mem].endswith("!") or mem + 1 < len(ops) else None
 
 
 @lru_cache(maxsize=1 << 16)
