@@ -161,6 +161,8 @@ class Flow:
 
 
 Transfer = Callable[[State, Insn], None]
+# How control leaves an instruction. FALL_THROUGH (this one object) must depend on the
+# mnemonic alone: run() asks once per mnemonic that gets it.
 FlowOf = Callable[[Insn], Flow]
 Observe = Callable[[State, Insn], Any]
 FALL_THROUGH = Flow()  # most instructions: flow_of returns this one object for them
@@ -205,7 +207,18 @@ def run(
     if not insns:
         return True, []
     index_of = {insn.address: i for i, insn in enumerate(insns)}
-    flows = [flow_of(insn) for insn in insns]
+    # An instruction that does not branch does so by its mnemonic alone (no backend's flow_of
+    # returns FALL_THROUGH for a branch), so one call per such mnemonic is enough.
+    plain: set[str] = set()
+    flows = []
+    for insn in insns:
+        if insn.mnemonic in plain:
+            flows.append(FALL_THROUGH)
+            continue
+        flow = flow_of(insn)
+        if flow is FALL_THROUGH:
+            plain.add(insn.mnemonic)
+        flows.append(flow)
     leaders = {0}
     for i, flow in enumerate(flows):
         if flow is not FALL_THROUGH:
