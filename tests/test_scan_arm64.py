@@ -124,3 +124,12 @@ def test_decoder_for_installed_capstone():
 # -- damaged input -------------------------------------------------------------------------------
 
 test_random_damage_never_raises = archsuite.random_damage_never_raises(ARCH)
+
+
+def test_decode_leaves_out_words_capstone_cannot_decode():
+    from tagfind.scan.arm64 import decode
+
+    # nop; a data word; ret: the data word is skipped, the code after it still decoded
+    code = bytes.fromhex("1f2003d5") + b"\xff\xff\xff\xff" + bytes.fromhex("c0035fd6") + b"\x00"
+    insns = decode(make_decoder(), code, 0x1000)
+    assert [(i.address, i.mnemonic) for i in insns] == [(0x1000, "nop"), (0x1008, "ret")]

@@ -150,29 +150,24 @@ MODELLED_IMPORTS = RESOLVER_IMPORTS | {STRING_INIT_IMPORT}
 
 
 def make_decoder() -> capstone.Cs:
+    # skipdata: a word capstone cannot decode (data, a literal pool, padding) is skipped,
+    # 4 bytes, as one pseudo-instruction, so one decoder call covers a whole function.
     md = capstone.Cs(CS_ARCH, capstone.CS_MODE_ARM)
-    md.skipdata = False
+    md.skipdata = True
     return md
 
 
+SKIPPED = ".byte"  # capstone's mnemonic for a skipped word
+
+
 def decode(md: capstone.Cs, code: bytes, address: int) -> list[Insn]:
-    """Decode 4-byte instructions linearly; a word capstone cannot decode is skipped (data,
-    a literal pool, padding)."""
-    out: list[Insn] = []
-    offset = 0
+    """Decode 4-byte instructions linearly; a word capstone cannot decode is left out."""
     limit = len(code) & ~3
-    while offset < limit:
-        chunk = list(map(_as_insn, md.disasm_lite(code[offset:limit], address + offset)))
-        if chunk:
-            out += chunk
-            offset = chunk[-1].address + chunk[-1].size - address
-        if offset < limit:
-            offset += 4
-    return out
-
-
-def _as_insn(item: tuple[int, int, str, str]) -> Insn:
-    return tuple.__new__(Insn, item)  # disasm_lite's tuples have Insn's fields, in order
+    if limit != len(code):
+        code = code[:limit]
+    new = tuple.__new__
+    # disasm_lite's tuples have Insn's fields, in order.
+    return [new(Insn, item) for item in md.disasm_lite(code, address) if item[2] != SKIPPED]
 
 
 @lru_cache(maxsize=1 << 16)

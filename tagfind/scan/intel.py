@@ -14,6 +14,7 @@ a base register or relative to rip means, and how candidate functions are found.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -597,16 +598,27 @@ def decode(md: capstone.Cs, code: bytes, address: int, stop_after: int = _NEVER)
     out: list[Insn] = []
     offset = 0
     limit = len(code)
+    new = tuple.__new__
     while offset < limit:
-        for item in md.disasm_lite(code[offset:], address + offset):
-            out.append(tuple.__new__(Insn, item))  # disasm_lite's tuples have Insn's fields
-            addr, size, mnem, _ops = item
-            offset = addr + size - address
-            if addr > stop_after and (mnem in TERMINATORS or mnem == "jmp"):
-                return out
-        if offset < limit:
+        # disasm_lite's tuples have Insn's fields, in order.
+        chunk = [new(Insn, item) for item in md.disasm_lite(code[offset:], address + offset)]
+        if not chunk:
             offset += 1  # the decoder stopped at a byte it cannot decode
+            continue
+        if chunk[-1].address > stop_after:
+            for k in range(bisect.bisect_right(chunk, stop_after, key=_address_of), len(chunk)):
+                if chunk[k].mnemonic in TERMINATORS or chunk[k].mnemonic == "jmp":
+                    out += chunk[:k + 1]
+                    return out
+        out += chunk
+        offset = chunk[-1].address + chunk[-1].size - address
+        if offset < limit:
+            offset += 1
     return out
+
+
+def _address_of(insn: Insn) -> int:
+    return insn.address
 
 
 # --- the byte pass behind the candidate searches ----------------------------------------------
