@@ -430,8 +430,10 @@ def section_refresh(bench: Bench) -> None:
     if all(printed):
         refresh = statistics.median(p[1] for p in printed) * 1000
         resolution = stats_resolution(done[-1].stderr) or 0.0
+        shown = STATS_LINE.search(done[-1].stderr)
         bench.report.add(Row("no-change refresh (printed)", m.name,
-                             f"{printed[-1][0]} files", "-", refresh, "ms", goal=20.0,
+                             f"{printed[-1][0]} files ({shown.group(2)} {shown.group(3)})", "-",
+                             refresh, "ms", goal=20.0,
                              detail=f"`tagfind -v` prints it to {resolution * 1000:g} ms; "
                                     f"median of {runs}"))
     else:
