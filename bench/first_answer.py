@@ -77,8 +77,10 @@ def command(src: Path, folder: str, index: str, jobs: int, *args: str) -> list[s
 
 
 def env_for(src: Path) -> dict[str, str]:
+    """Run `src`'s tagfind with bytecode caching on, as an installed package runs."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(src)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -134,6 +136,8 @@ def main() -> int:
     parser.add_argument("--tags", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tagfind-path", type=Path, default=ROOT)
+    parser.add_argument("--plain-only", action="store_true",
+                        help="Time the plain query only (not --json, -v, --no-bytes).")
     args = parser.parse_args()
     files = pe_files(args.folder)
     sweep_s, insns = sweep(files)
@@ -150,7 +154,8 @@ def main() -> int:
               f"({(time.perf_counter() - start) / sweep_s:.2f}x the sweep)")
         ratios = []
         for tag in pick_tags(ref, files, args.tags):
-            for extra in ((), ("--json",), ("-v",), ("--no-bytes",)):
+            forms = [()] if args.plain_only else [(), ("--json",), ("-v",), ("--no-bytes",)]
+            for extra in forms:
                 fresh = os.path.join(tmp, f"fresh-{len(ratios)}-{len(extra)}.sqlite3")
                 cmd = command(args.tagfind_path, args.folder, fresh, args.jobs, tag, *extra)
                 # --json runs to its end: its exit code must be the answer's too.

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .refresh import _Pending, _Refresh
 
 
+IN_PROCESS_BYTES = 1 << 20  # candidates this large in all (about 0.5 s of scanning) scan here
+
+
 class FirstAnswer(Protocol):
     """What a refresh calls once the candidate files are indexed."""
 
@@ -55,7 +58,9 @@ def scan_candidates_first(
     if not rest:
         return to_scan
     if candidates:
-        refresh._scan_and_store(candidates)
+        # Worker processes take longer to start than a few small files take to scan here.
+        size = sum(items[0].size for items in candidates.values())
+        refresh._scan_and_store(candidates, few=size <= IN_PROCESS_BYTES)
     unindexed = set(gone)
     unindexed.update(item.path for items in rest.values() for item in items)
     first.answer(frozenset(os.path.abspath(p) for p in unindexed))

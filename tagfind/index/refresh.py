@@ -234,13 +234,13 @@ class _Refresh:
         if error and error[0]:
             self.stats.failed.append((item.path, error[0]))
 
-    def _scan_and_store(self, to_scan: dict[str, list[_Pending]]) -> None:
+    def _scan_and_store(self, to_scan: dict[str, list[_Pending]], few: bool = False) -> None:
         tasks = [(items[0].path, sha) for sha, items in to_scan.items()]
         batch: list[tuple[list[_Pending], _Outcome]] = []
         last_commit = time.monotonic()
         # A few files scan faster here than in freshly started processes, when the time limit
         # can be kept here (SIGALRM); jobs=1 always scans here.
-        few = len(tasks) <= IN_PROCESS_MAX and _can_alarm()
+        few = (few or len(tasks) <= IN_PROCESS_MAX) and _can_alarm()
         runner = (
             _InProcess(self.timeout) if self.jobs == 1 or few else _Pool(self.jobs, self.timeout)
         )
