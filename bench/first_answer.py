@@ -76,6 +76,12 @@ def command(src: Path, folder: str, index: str, jobs: int, *args: str) -> list[s
             "--jobs", str(jobs), *args]
 
 
+def run_in(src: Path) -> dict:
+    """Popen arguments that make `python -m tagfind` import `src`'s tagfind (-m puts the
+    working directory first on the path)."""
+    return {"env": env_for(src), "cwd": str(src)}
+
+
 def env_for(src: Path) -> dict[str, str]:
     """Run `src`'s tagfind with bytecode caching on, as an installed package runs."""
     env = dict(os.environ)
@@ -103,13 +109,13 @@ def pick_tags(index: str, files: list[str], count: int) -> list[str]:
     return [t for _n, t in dict.fromkeys(picks)]
 
 
-def first_answer(cmd: list[str], env: dict[str, str], interrupt: bool = True
+def first_answer(cmd: list[str], env: dict, interrupt: bool = True
                  ) -> tuple[float, str, int | None, float]:
     """(seconds to the first stdout output, the answer, exit code, seconds to the exit).
     With `interrupt`, the process is interrupted as soon as its answer is complete (its
     stdout is quiet for a while)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **env)
     assert proc.stdout is not None
     first = proc.stdout.read1(1 << 20)
     seen = time.perf_counter() - start
@@ -139,16 +145,17 @@ def main() -> int:
     parser.add_argument("--plain-only", action="store_true",
                         help="Time the plain query only (not --json, -v, --no-bytes).")
     args = parser.parse_args()
+    args.folder = os.path.abspath(args.folder)
     files = pe_files(args.folder)
     sweep_s, insns = sweep(files)
     print(f"{len(files)} files; sweep {sweep_s:.2f} s ({insns:,} instructions)")
-    env = env_for(args.tagfind_path)
+    env = run_in(args.tagfind_path)
     problems = 0
     with tempfile.TemporaryDirectory() as tmp:
         ref = os.path.join(tmp, "ref.sqlite3")
         start = time.perf_counter()
         subprocess.run(command(args.tagfind_path, args.folder, ref, args.jobs,
-                               "--rebuild-index"), env=env, check=True,
+                               "--rebuild-index"), **env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         print(f"cold full build {time.perf_counter() - start:.2f} s "
               f"({(time.perf_counter() - start) / sweep_s:.2f}x the sweep)")
@@ -162,7 +169,7 @@ def main() -> int:
                 interrupt = extra != ("--json",)
                 seen, answer, code, total = first_answer(cmd, env, interrupt)
                 want = subprocess.run(command(args.tagfind_path, args.folder, ref, args.jobs,
-                                              tag, *extra), env=env, capture_output=True)
+                                              tag, *extra), **env, capture_output=True)
                 same = answer == want.stdout.decode() and (
                     code == want.returncode or (interrupt and code == 130))
                 check = consistent(fresh)

@@ -4,10 +4,11 @@ Every tag the scanner reports is a constant the file carries (tools/check_holds.
 this over real drivers):
 - its 4 little-endian bytes: x86/x64 immediates, literal pools, read-only structures; also
   with PROTECTED_POOL (bit 31) set, which the scanner strips from the tag it reports;
-- on ARM64, its 16-bit halves as the imm16 of move-wide instructions (`movz`, `movk`, or
-  `movn` with the half inverted), in any register, shift or order. One non-zero half is
-  enough: clang derives a tag from another one in a register with an ALU immediate
-  (`orr w2, w21, #0x100` makes 'P3np' of 'P2np', so 0x3350 is in no instruction);
+- on ARM64, its high 16-bit half as the imm16 of a move-wide instruction (`movz`, `movk`,
+  or `movn` with the half inverted), in any register, shift or order; or, when the high half
+  is 0, its low half so. The low half alone may be in no instruction: clang derives a tag
+  from another one in a register with an ALU immediate (`orr w2, w21, #0x100` makes 'P3np'
+  of 'P2np', and 0x3350 is in no instruction);
 - `None` for the untagged APIs: the file names ExAllocatePool or ExAllocatePoolWithQuota (an
   import or export name, or the UTF-16 name a run-time lookup reads).
 A tag these forms do not pin down holds in every file: a value an imm8 sign-extends to
@@ -112,7 +113,7 @@ class _Halves:
         self.any_movn = bool(len(inverted))
 
     def hold(self, value: int) -> bool:
-        return any(self._half(h) for h in (value & 0xFFFF, value >> 16) if h)
+        return self._half(value >> 16 or value & 0xFFFF)
 
     def _half(self, half: int) -> bool:
         return half in self.halves or (half == 0xFFFF and self.any_movn)
