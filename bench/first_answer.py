@@ -145,6 +145,8 @@ def main() -> int:
     parser.add_argument("--plain-only", action="store_true",
                         help="Time the plain query only (not --json, -v, --no-bytes).")
     args = parser.parse_args()
+    # Started in the background, a shell hands on SIGINT ignored: the children must get it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args.folder = os.path.abspath(args.folder)
     files = pe_files(args.folder)
     sweep_s, insns = sweep(files)
