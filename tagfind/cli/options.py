@@ -151,10 +151,13 @@ def _live_module_files() -> list[str]:
 @contextmanager
 def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                verbose_stats: int | None = None,
-               allow_no_sources: bool = False) -> Iterator[OpenIndex]:
+               allow_no_sources: bool = False,
+               first: Any = None) -> Iterator[OpenIndex]:
     """Discover the source files, open the index and refresh it; index warnings (a damaged
     file found and rebuilt) are printed once when the block ends. With `allow_no_sources`,
-    having no Windows here and no --root/--drivers gives an OpenIndex without an index."""
+    having no Windows here and no --root/--drivers gives an OpenIndex without an index.
+    `first` (cli/first.py's EarlyAnswer) may answer during the refresh, from the index as
+    far as it is then (index/first.py)."""
     from .. import index as index_mod
     from .. import sources
 
@@ -175,18 +178,20 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
     index_path = src.index_path or index_mod.default_index_path()
+    files = source_set.files
+    if loaded is not None and src.loaded:
+        files = loaded.matcher().loaded(files)
+    elif loaded is None and src.root is None:
+        loaded = _live_module_list()  # on Windows: mark what is loaded
     try:
         with index_mod.Index(index_path) as idx:
             try:
+                if first is not None:
+                    first.bind(OpenIndex(idx, files, None, loaded=loaded), source_set.files)
                 stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
-                                    timeout=src.timeout)
+                                    timeout=src.timeout, first=first)
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
-                files = source_set.files
-                if loaded is not None and src.loaded:
-                    files = loaded.matcher().loaded(files)
-                elif loaded is None and src.root is None:
-                    loaded = _live_module_list()  # on Windows: mark what is loaded
                 yield OpenIndex(idx, files, stats, empty_reason=empty, loaded=loaded)
             finally:
                 for warning in dict.fromkeys(idx.warnings):

@@ -177,8 +177,10 @@ def run_query(src: SourceOptions, opts: QueryOptions) -> int:
     driverless = counters is not None and bool(opts.pool_file or opts.diff)
     # The stats are the result of --rebuild-index: printed once, on stdout.
     verbose_stats = opts.verbose if any(opts.modes) else 0
+    early = _early_answer(src, exact, globs, opts)
     with open_index(src, rebuild=opts.rebuild_index, verbose=opts.verbose,
-                    verbose_stats=verbose_stats, allow_no_sources=driverless) as opened:
+                    verbose_stats=verbose_stats, allow_no_sources=driverless,
+                    first=early) as opened:
         if not any(opts.modes):
             if opts.as_json:
                 click.echo(index_json(opened.stats))
@@ -187,7 +189,24 @@ def run_query(src: SourceOptions, opts: QueryOptions) -> int:
             return EXIT_FOUND
         if counters is not None:
             return _run_top(opened, src, counters, opts)
-        return _run_tag_query(opened, src, exact, globs, opts)
+        if early is not None and early.code is not None:
+            return early.code  # answered during the refresh
+        code = _run_tag_query(opened, src, exact, globs, opts)
+        assert code is not None
+        return code
+
+
+def _early_answer(src: SourceOptions, exact: list[int], globs: list[str],
+                  opts: QueryOptions) -> Any:
+    """For exact tags alone: answer once the files that may hold them are indexed
+    (cli/first.py); None for anything that needs the complete index."""
+    if not exact or globs or opts.driver is not None or opts.top is not None \
+            or opts.rebuild_index:
+        return None
+    from .first import EarlyAnswer
+
+    return EarlyAnswer(tuple(exact), verbose=opts.verbose, run=lambda opened, partial: (
+        _run_tag_query(opened, src, exact, globs, opts, partial)))
 
 
 def _load_counters(opts: QueryOptions) -> Any:
@@ -242,10 +261,15 @@ def _why_no_rows(rows: Sequence[Any], opts: QueryOptions) -> str:
 
 
 def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], globs: list[str],
-                   opts: QueryOptions) -> int:
+                   opts: QueryOptions, partial: Any = None) -> int | None:
+    """Answer a tag or driver query. With `partial` (cli/first.py) the index is not complete
+    yet: the answer leaves out the files not indexed yet, which cannot hold the tags; None
+    (nothing printed) when it needs them all."""
     from .. import report
 
     idx, files = opened.index, opened.files
+    if partial is not None:
+        files = [f for f in files if partial.answers_for(f)]
     if opts.driver is not None:
         site_rows = idx.sites_for_driver(opts.driver)
         if not site_rows and not idx.match_driver(opts.driver):
@@ -256,7 +280,9 @@ def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], glob
         site_rows = idx.sites(tags=exact, files=files) if exact else []
         for pattern in globs:
             site_rows += idx.sites(tag_glob=pattern, files=files)
-        byte_matches = [] if opts.no_bytes else _byte_matches(idx, exact, site_rows)
+        if partial is not None and not set(exact) <= {s.tag for s in site_rows}:
+            return None  # the run-time tag drivers are listed: they need every file
+        byte_matches = [] if opts.no_bytes else _byte_matches(idx, exact, site_rows, partial)
     tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
     db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches})
     rows = report.tag_rows(site_rows, byte_matches, db)
@@ -288,7 +314,8 @@ def _echo_runtime_hint(tags: list[int], drivers: list[Any]) -> None:
         click.echo(f"  ... and {len(drivers) - RUNTIME_HINT_LIMIT} more")
 
 
-def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
+def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any],
+                  partial: Any = None) -> list[Any]:
     """Files holding a tag's 4 bytes among those without code evidence for it: the index's
     byte filters name the candidates, and only those are read to confirm."""
     from ..bytematch import find_byte_matches
@@ -296,7 +323,10 @@ def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
     matches = []
     for tag in tags:
         with_code = {s.path for s in site_rows if s.tag == tag}
-        matches += find_byte_matches(idx.byte_candidates(tag, exclude=with_code), [tag])
+        candidates = idx.byte_candidates(tag, exclude=with_code)
+        if partial is not None:  # indexed paths that the refresh is yet to drop or rescan
+            candidates = [p for p in candidates if partial.answers_for(p)]
+        matches += find_byte_matches(candidates, [tag])
     return matches
 
 

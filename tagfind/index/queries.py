@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from .db import (
     Database,
@@ -23,6 +24,9 @@ from .db import (
 )
 from .refresh import _Refresh
 from .rows import FileRow, IndexStats, RefreshStats, SiteRow, _site_row
+
+if TYPE_CHECKING:
+    from .first import FirstAnswer
 
 _SQL_PATHS_MAX = 200  # up to this many paths go into the SQL; more are filtered in Python
 
@@ -78,16 +82,19 @@ class Index(Database):
         jobs: int | None = None,
         timeout: float = 60.0,
         progress: bool | None = None,
+        first: FirstAnswer | None = None,
     ) -> RefreshStats:
         """Bring the index in step with `files`: rescan what changed, reuse known content,
         drop paths not listed. `rebuild` rescans everything. Scans run in `jobs` worker
         processes (default: all cores; 1 scans in this process), each file limited to
         `timeout` seconds. A progress bar goes to stderr when it is a terminal (progress=None).
-        A damaged index file found on the way is rebuilt (see `warnings`).
+        A damaged index file found on the way is rebuilt (see `warnings`). With `first`, the
+        files that may hold its tags are scanned before the others, and it is asked to answer
+        in between (see first.py).
         """
         self._last_refresh = (list(files), jobs, timeout, progress)
         try:
-            return _Refresh(self, files, rebuild, jobs, timeout, progress).run()
+            return _Refresh(self, files, rebuild, jobs, timeout, progress, first).run()
         except sqlite3.DatabaseError as exc:
             if _is_unavailable(exc):
                 raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
@@ -96,7 +103,7 @@ class Index(Database):
             # Damage found while reading or writing: start over on a new file, once.
             self._rebuild_after(exc)
         try:
-            return _Refresh(self, files, rebuild, jobs, timeout, progress).run()
+            return _Refresh(self, files, rebuild, jobs, timeout, progress, first).run()
         except sqlite3.DatabaseError as exc:
             raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
 

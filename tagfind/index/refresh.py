@@ -67,7 +67,7 @@ class _Pending:
 
 
 class _Refresh:
-    def __init__(self, index, files, rebuild, jobs, timeout, progress) -> None:
+    def __init__(self, index, files, rebuild, jobs, timeout, progress, first=None) -> None:
         self.index = index
         self.conn: sqlite3.Connection = index.conn
         self.paths = list(dict.fromkeys(os.path.abspath(p) for p in files))
@@ -78,6 +78,7 @@ class _Refresh:
         self.stats = RefreshStats(total=len(self.paths))
         self.version = current_scanner_version()
         self.wrote = False
+        self.first = first  # first.FirstAnswer: answer once the candidate files are indexed
         self.released: set[str] = set()  # contents a write in this transaction stopped using
         self.known: dict[str, _Known] = {}  # the rows as this refresh first read them
 
@@ -88,6 +89,10 @@ class _Refresh:
         if pending:
             gone |= self._hash_all(pending)
             to_scan = self._settle_known_content(pending, known)
+            if to_scan and self.first is not None:
+                from .first import scan_candidates_first  # here: a warm refresh needs none
+
+                to_scan = scan_candidates_first(self, to_scan, gone, self.first)
             if to_scan:
                 self._scan_and_store(to_scan)
         self._drop(set(known) - set(self.paths) | gone, known)
@@ -229,7 +234,7 @@ class _Refresh:
         if error and error[0]:
             self.stats.failed.append((item.path, error[0]))
 
-    def _scan_and_store(self, to_scan: dict[str, list[_Pending]]) -> None:
+    def _scan_and_store(self, to_scan: dict[str, list[_Pending]], few: bool = False) -> None:
         # Largest first: scan time grows with size, and a big file started last would leave
         # the other workers idle while it finishes alone.
         ordered = sorted(to_scan.items(), key=lambda kv: -kv[1][0].size)
@@ -238,7 +243,7 @@ class _Refresh:
         last_commit = time.monotonic()
         # A few files scan faster here than in freshly started processes, when the time limit
         # can be kept here (SIGALRM); jobs=1 always scans here.
-        few = len(tasks) <= IN_PROCESS_MAX and _can_alarm()
+        few = (few or len(tasks) <= IN_PROCESS_MAX) and _can_alarm()
         runner = (
             _InProcess(self.timeout) if self.jobs == 1 or few else _Pool(self.jobs, self.timeout)
         )

@@ -64,6 +64,7 @@ class RefreshStats:
     failed: list[tuple[str, str]] = field(default_factory=list)
     timed_out: int = 0
     imported: int = 0  # of reused: files that got an imported result (share.py), no scan
+    first_candidates: int | None = None  # contents scanned before a first answer (first.py)
     seconds: float = 0.0
 
 
