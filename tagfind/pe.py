@@ -9,6 +9,7 @@ and ends. Damaged files raise PEError with a one-line reason.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -211,9 +212,9 @@ class PEImage:
             self._section_of[rva] = found
         return found
 
-    def holds(self, needle: bytes) -> bool:
-        """Whether some section's bytes contain needle (read() never crosses a section)."""
-        return any(needle in section.data for section in self.sections)
+    def holds(self, pattern: re.Pattern[bytes]) -> bool:
+        """Whether some section's bytes match pattern (read() never crosses a section)."""
+        return any(pattern.search(section.data) for section in self.sections)
 
     def read(self, rva: int, size: int) -> bytes:
         """Bytes at an RVA as the loaded image holds them: a section's zero-filled tail reads

@@ -36,8 +36,8 @@ class _Image:
     def read(self, rva: int, size: int) -> bytes:
         return bytes(self.mem[rva : rva + size])
 
-    def holds(self, needle: bytes) -> bool:
-        return needle in self.mem
+    def holds(self, pattern) -> bool:
+        return pattern.search(self.mem) is not None
 
     @staticmethod
     def is_readonly_data(rva: int) -> bool:
