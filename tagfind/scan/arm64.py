@@ -137,6 +137,13 @@ _NO_WRITE = {"cmp", "cmn", "tst", "ccmp", "ccmn", "fcmp", "fcmpe", "fccmp", "fcc
 _TERMINATORS = {"ret", "retaa", "retab", "brk", "udf", "hlt", "eret", "br", "braa", "brab",
                 "braaz", "brabz"}
 _COND_BRANCH = ("b.", "bc.", "cbz", "cbnz", "tbz", "tbnz")
+_CONDITIONS = ("eq", "ne", "cs", "hs", "cc", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt",
+               "gt", "le", "al", "nv")
+# Mnemonics the transfer function leaves the state alone for, whatever their operands: tested
+# first (a third of the instructions are compares and branches).
+_INERT = frozenset(
+    {*_NO_WRITE, *_TERMINATORS, "b", "cbz", "cbnz", "tbz", "tbnz",
+     *(f"{prefix}{cond}" for prefix in ("b.", "bc.") for cond in _CONDITIONS)})
 _SPLIT = re.compile(r",\s*(?![^\[]*\])(?![^{]*\})")
 
 # Values the semantics give registers beyond the shared ones (the finder never sees these):
@@ -317,6 +324,8 @@ class Arm64Semantics:
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
+        if mnem in _INERT:
+            return
         ops = _operands(insn.op_str)
         if not ops:
             if mnem in ("bl", "blr"):

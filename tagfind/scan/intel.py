@@ -234,6 +234,11 @@ def forget_vectors(state: State) -> None:
         del state.regs[reg]
 
 
+_VECTOR_INITIALS = frozenset("xyz")  # how an xmm/ymm/zmm operand begins
+# Mnemonics transfer() has a case of its own for (never inert).
+_HANDLED = frozenset({"mov", "movabs", "lea", "movzx", "movsx", "movsxd", "xor", "inc", "dec",
+                      "push", "pop", "xchg", "call", "leave", "imul"})
+
 # --- semantics --------------------------------------------------------------------------------
 class IntelSemantics:
     """Transfer function of the instructions both modes treat alike. A subclass sets `mode`
@@ -258,6 +263,7 @@ class IntelSemantics:
         self.mask = mode.mask
         self.word = mode.word
         self.sp = mode.sp
+        self._inert: dict[str, bool] = {}  # mnemonic -> _is_inert(mnemonic)
         # Loads from read-only data fold to constants up to the register width.
         self.const_widths = frozenset((1, 2, 4, mode.word))
 
@@ -384,6 +390,11 @@ class IntelSemantics:
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
+        inert = self._inert.get(mnem)
+        if inert is None:
+            inert = self._inert[mnem] = self._is_inert(mnem)
+        if inert and insn.op_str[:1] not in _VECTOR_INITIALS:
+            return
         if insn.op_str[:1] in "xyz":
             # A write to a vector register ends what we knew of it, unless it is a copy below.
             reg = vector_reg(insn.op_str.split(",", 1)[0])
@@ -445,6 +456,16 @@ class IntelSemantics:
                 state.regs.pop(fp, None)
         else:
             self._generic(state, insn, mnem, ops)
+
+    def _is_inert(self, mnem: str) -> bool:
+        """Whether transfer() leaves the state alone for every instruction with this mnemonic
+        (unless its first operand is a vector register): compares, tests, conditional jumps.
+        Tested first: they are a fifth of the instructions."""
+        if mnem in _HANDLED or mnem in self.mode.alu or mnem in VECTOR_MOVES \
+                or mnem in self.mode.implicit or " " in mnem \
+                or mnem.startswith(("rep", "stos", "movs", "scas", "cmps", "set", "cmov")):
+            return False
+        return mnem in NO_WRITE or (mnem.startswith(("j", "loop")) and mnem != "jmp")
 
     def _vector_move(self, state: State, insn: Insn) -> bool:
         """An 8- or 16-byte move with an xmm register on one side (False for anything else:
