@@ -101,11 +101,11 @@ NO_DRIVERS_NOTE = ("no drivers were indexed (no Windows here): the Driver(s) col
 def load_module_list(src: SourceOptions) -> Any:
     """The loaded module list of --modules-file, or the live one; None when neither is
     asked for. Names map to files under --root when given."""
+    if src.modules_file is None and not src.loaded:
+        return None
     from .. import modules
     from ..sources import SourcesError, _windows_dir_under
 
-    if src.modules_file is None and not src.loaded:
-        return None
     try:
         windows_dir = _windows_dir_under(src.root) if src.root else None
         if src.modules_file is not None:
@@ -124,10 +124,10 @@ def _live_module_list() -> Any:
     read (the output then does not say what is loaded)."""
     import sys
 
-    from .. import modules
-
     if sys.platform != "win32":
         return None
+    from .. import modules
+
     try:
         return modules.read_loaded_modules()
     except modules.ModulesError:
