@@ -1,8 +1,9 @@
 """What findstr would see: files in which a tag's 4 bytes appear anywhere.
 
 This is the weakest evidence (strings, resources and unrelated code match too), computed at
-query time only for the drivers that have no code evidence for the tag, and always shown as
-"bytes" so it is never mistaken for a proven allocation.
+query time only for the drivers that have no code evidence for the tag (and cached by content
+in the index, see index/bytehits.py), and always shown as "bytes" so it is never mistaken for
+a proven allocation.
 """
 
 from __future__ import annotations
@@ -27,26 +28,47 @@ class ByteMatch:
 def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMatch]:
     """Every (path, tag) where the tag's bytes occur in the file. Unreadable files are skipped:
     byte matches are a hint, not a result that must be complete."""
-    needles = {tag: tag_bytes(tag) for tag in tags}
-    if not needles:
+    tags = list(tags)
+    if not tags:
         return []
     out: list[ByteMatch] = []
     for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size == 0 or size > MAX_FILE_SIZE:
-                    continue  # nothing to find, or too large for a driver: never read it
+        found = look(path, tags)
+        if found is not None:
+            out += found.matches
+    return out
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one read of a file found: the matches of the tags looked for (absent tags have
+    none), and the file's size and mtime as the open handle gave them after the search (the
+    index caches the answer only when they show the file did not change meanwhile)."""
+
+    matches: list[ByteMatch]
+    size: int
+    mtime_ns: int
+
+
+def look(path: str, tags: Iterable[int]) -> Look | None:
+    """Search one file for the tags' bytes; None when it cannot be read."""
+    needles = {tag: tag_bytes(tag) for tag in tags}
+    matches: list[ByteMatch] = []
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if 0 < size <= MAX_FILE_SIZE:  # else nothing to find, or too large: never read
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     for tag, needle in needles.items():
                         # The first occurrence is enough to confirm; counting them all
                         # would read every matching file to its end.
                         first = view.find(needle)
                         if first >= 0:
-                            out.append(ByteMatch(path, tag, first, _in_code(view, first)))
-        except (OSError, ValueError):
-            continue
-    return out
+                            matches.append(ByteMatch(path, tag, first, _in_code(view, first)))
+            after = os.fstat(handle.fileno())
+    except (OSError, ValueError):
+        return None
+    return Look(matches, after.st_size, after.st_mtime_ns)
 
 
 def _in_code(view: mmap.mmap, offset: int) -> bool:

@@ -290,13 +290,12 @@ def _echo_runtime_hint(tags: list[int], drivers: list[Any]) -> None:
 
 def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any]) -> list[Any]:
     """Files holding a tag's 4 bytes among those without code evidence for it: the index's
-    byte filters name the candidates, and only those are read to confirm."""
-    from ..bytematch import find_byte_matches
-
+    byte filters name the candidates, only those are read to confirm, and the answers are
+    cached by content (asking again reads nothing)."""
     matches = []
     for tag in tags:
         with_code = {s.path for s in site_rows if s.tag == tag}
-        matches += find_byte_matches(idx.byte_candidates(tag, exclude=with_code), [tag])
+        matches += idx.byte_matches(tag, exclude=with_code)
     return matches
 
 

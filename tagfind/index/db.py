@@ -7,8 +7,9 @@ when it was last checked); `contents` holds one scan result per distinct content
 its sites, so a driver found under several paths (System32\\drivers and the driver store) is
 scanned once and stored once; `contents.origin` says where a result came from when it was
 not scanned here (an imported file, see share.py). `imported_contents` and `imported_sites`
-hold imported results until a listed file has that content (share.py). `meta` holds the
-schema version; an older schema is migrated in place (MIGRATIONS).
+hold imported results until a listed file has that content (share.py). `byte_tags` and
+`byte_hits` cache, per content, where a queried tag's bytes occur (bytehits.py). `meta` holds
+the schema version; an older schema is migrated in place (MIGRATIONS).
 
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
 reader never sees half a batch, a process killed at any point leaves the last committed state,
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TypeVar
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
 
 _IMPORTED_SCHEMA = """
@@ -60,6 +61,23 @@ CREATE INDEX IF NOT EXISTS imported_sites_sha256 ON imported_sites(sha256);
 _IMPORTED_RUNTIME = "ALTER TABLE imported_sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';"
 _RUNTIME_COLUMNS = "ALTER TABLE sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';" + (
     _IMPORTED_RUNTIME)
+# Schema 5: byte matches cached by content (bytehits.py). `byte_tags` lists the tags cached, with
+# the version of the search that found them; `byte_hits` holds, per tag and content, the file
+# offset of the tag's first 4 bytes (NULL: not there) and whether it lies in code.
+_BYTE_HITS = """
+CREATE TABLE IF NOT EXISTS byte_tags (
+    tag INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS byte_hits (
+    tag INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    first_offset INTEGER,
+    in_code INTEGER NOT NULL,
+    PRIMARY KEY (tag, sha256)
+) WITHOUT ROWID;
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents (
@@ -104,12 +122,13 @@ CREATE TABLE IF NOT EXISTS sites (
 CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
 CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
 CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
-""" + _IMPORTED_SCHEMA + _IMPORTED_RUNTIME
+""" + _IMPORTED_SCHEMA + _IMPORTED_RUNTIME + _BYTE_HITS
 _TABLES = {"meta", "contents", "files", "sites"}
 # schema version -> statements that bring it to the next one (in one write transaction).
 MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE contents ADD COLUMN origin TEXT;" + _IMPORTED_SCHEMA,
     3: _RUNTIME_COLUMNS,
+    4: _BYTE_HITS,
 }
 
 

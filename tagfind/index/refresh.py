@@ -331,6 +331,9 @@ class _Refresh:
             orphans = "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM files)"
             self.conn.execute(f"DELETE FROM sites WHERE sha256 IN ({orphans})")
             self.conn.execute(f"DELETE FROM contents WHERE sha256 IN ({orphans})")
+            # Cached byte matches (bytehits.py) of contents no file has any more.
+            self.conn.execute(
+                "DELETE FROM byte_hits WHERE sha256 NOT IN (SELECT sha256 FROM files)")
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('last_refresh', ?)", (repr(time.time()),)
             )
