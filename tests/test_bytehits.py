@@ -170,8 +170,8 @@ def test_schema_4_index_is_migrated_with_its_results(tree, tmp_path):
     with Index(path) as idx:
         idx.refresh(tree, jobs=1)
         conn = idx.conn
-        conn.execute("DROP TABLE byte_hits")
-        conn.execute("DROP TABLE byte_tags")
+        for table in ("byte_hits", "byte_tags", "pooltag_lines", "pooltag_files"):
+            conn.execute(f"DROP TABLE {table}")  # what schema 4 did not have
         conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     with Index(path) as idx:
         assert idx.warnings == []

@@ -260,11 +260,13 @@ def samples_dir() -> str:
         return str(here)
 
 
-def load_pooltag_db(src: SourceOptions, tags: set[str]) -> Any:
-    """pooltag.txt facts for these tags (shipped list, the user's copies, --pooltag files)."""
+def load_pooltag_db(src: SourceOptions, tags: set[str], index: Any = None) -> Any:
+    """pooltag.txt facts for these tags (shipped list, the user's copies, --pooltag files);
+    with an index, the files' parsed lines are kept in it (pooltag_cache.py)."""
     from ..pooltag import load_db
 
+    cache = index.pooltag_lines() if index is not None else None
     try:
-        return load_db(src.pooltag_files, root=src.root, only_tags=sorted(tags))
+        return load_db(src.pooltag_files, root=src.root, only_tags=sorted(tags), cache=cache)
     except ValueError as exc:
         raise Fatal(str(exc)) from None

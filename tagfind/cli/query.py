@@ -214,7 +214,7 @@ def _run_top(opened: OpenIndex, src: SourceOptions, counters: Any, opts: QueryOp
     sites = []
     if opened.index is not None and values:
         sites = opened.index.sites(tags=values, files=opened.files)
-    db = load_pooltag_db(src, {r.tag for r in chosen})
+    db = load_pooltag_db(src, {r.tag for r in chosen}, opened.index)
     top.attach_drivers(chosen, sites, db)
     report.mark_loaded((c for r in chosen for c in r.drivers), opened.loaded)
     if opts.as_json:
@@ -258,7 +258,7 @@ def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], glob
             site_rows += idx.sites(tag_glob=pattern, files=files)
         byte_matches = [] if opts.no_bytes else _byte_matches(idx, exact, site_rows)
     tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
-    db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches})
+    db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches}, idx)
     rows = report.tag_rows(site_rows, byte_matches, db)
     report.mark_loaded(rows, opened.loaded)
     unknown = report.unknown_site_counts(site_rows) if opts.driver is not None else {}

@@ -8,8 +8,9 @@ its sites, so a driver found under several paths (System32\\drivers and the driv
 scanned once and stored once; `contents.origin` says where a result came from when it was
 not scanned here (an imported file, see share.py). `imported_contents` and `imported_sites`
 hold imported results until a listed file has that content (share.py). `byte_tags` and
-`byte_hits` cache, per content, where a queried tag's bytes occur (bytehits.py). `meta` holds
-the schema version; an older schema is migrated in place (MIGRATIONS).
+`byte_hits` cache, per content, where a queried tag's bytes occur (bytehits.py);
+`pooltag_files` and `pooltag_lines` the parsed pooltag.txt lines (pooltag_lines.py). `meta`
+holds the schema version; an older schema is migrated in place (MIGRATIONS).
 
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
 reader never sees half a batch, a process killed at any point leaves the last committed state,
@@ -61,9 +62,10 @@ CREATE INDEX IF NOT EXISTS imported_sites_sha256 ON imported_sites(sha256);
 _IMPORTED_RUNTIME = "ALTER TABLE imported_sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';"
 _RUNTIME_COLUMNS = "ALTER TABLE sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';" + (
     _IMPORTED_RUNTIME)
-# Schema 5: byte matches cached by content (bytehits.py). `byte_tags` lists the tags cached, with
-# the version of the search that found them; `byte_hits` holds, per tag and content, the file
-# offset of the tag's first 4 bytes (NULL: not there) and whether it lies in code.
+# Schema 5: caches for warm queries. Byte matches by content (bytehits.py): `byte_tags` lists the
+# tags cached, with the version of the search that found them; `byte_hits` holds, per tag and
+# content, the file offset of the tag's first 4 bytes (NULL: not there) and whether it lies in
+# code. Parsed pooltag.txt lines by file stamp (pooltag_lines.py).
 _BYTE_HITS = """
 CREATE TABLE IF NOT EXISTS byte_tags (
     tag INTEGER PRIMARY KEY,
@@ -77,6 +79,23 @@ CREATE TABLE IF NOT EXISTS byte_hits (
     in_code INTEGER NOT NULL,
     PRIMARY KEY (tag, sha256)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pooltag_files (
+    path TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL,
+    stored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pooltag_lines (
+    path TEXT NOT NULL,
+    key TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    raw TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pattern TEXT,
+    binary_field TEXT,
+    binaries TEXT,
+    description TEXT
+);
+CREATE INDEX IF NOT EXISTS pooltag_lines_key ON pooltag_lines(path, key);
 """
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -28,6 +28,7 @@ from .rows import FileRow, IndexStats, RefreshStats, SiteRow, _site_row
 
 if TYPE_CHECKING:
     from ..bytematch import ByteMatch
+    from .pooltag_lines import PoolTagLines
 
 _SQL_PATHS_MAX = 200  # up to this many paths go into the SQL; more are filtered in Python
 
@@ -165,6 +166,12 @@ class Index(Database):
         from .bytehits import byte_matches
 
         return byte_matches(self.conn, tag, set(exclude), self._unconfirmed)
+
+    def pooltag_lines(self) -> PoolTagLines:
+        """The store of parsed pooltag.txt lines (pooltag_cache.LineCache) in this index."""
+        from .pooltag_lines import PoolTagLines
+
+        return PoolTagLines(self.conn)
 
     @_guarded
     def runtime_tag_sites(self, files: Sequence[str] | None = None) -> list[SiteRow]:
