@@ -35,23 +35,15 @@ def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMat
     for path in paths:
         found = look(path, tags)
         if found is not None:
-            out += found.matches
+            out += found[0]
     return out
 
 
-@dataclass(frozen=True)
-class Look:
-    """What one read of a file found: the matches of the tags looked for (absent tags have
-    none), and the file's size and mtime as the open handle gave them after the search (the
-    index caches the answer only when they show the file did not change meanwhile)."""
-
-    matches: list[ByteMatch]
-    size: int
-    mtime_ns: int
-
-
-def look(path: str, tags: Iterable[int]) -> Look | None:
-    """Search one file for the tags' bytes; None when it cannot be read."""
+def look(path: str, tags: Iterable[int]) -> tuple[list[ByteMatch], int, int] | None:
+    """Search one file for the tags' bytes: (the matches of the tags found, the file's size
+    and mtime_ns as the open handle gives them after the search); None when it cannot be
+    read. (The index caches the answer only when the size and mtime show that the file did
+    not change meanwhile.)"""
     needles = {tag: tag_bytes(tag) for tag in tags}
     matches: list[ByteMatch] = []
     try:
@@ -68,7 +60,7 @@ def look(path: str, tags: Iterable[int]) -> Look | None:
             after = os.fstat(handle.fileno())
     except (OSError, ValueError):
         return None
-    return Look(matches, after.st_size, after.st_mtime_ns)
+    return matches, after.st_size, after.st_mtime_ns
 
 
 def _in_code(view: mmap.mmap, offset: int) -> bool:

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from .pooltag import _COMMENT, _LINE_BREAK, Entry, PoolTagFile, decode, parse_line
 
@@ -29,13 +29,16 @@ RACY_NS = 3_000_000_000  # as index/refresh.py: a stat this recent may hide a ch
 Line = tuple[str, int, str, "tuple[str, str, tuple[str, ...], str | None] | None"]
 
 
-class LineCache(Protocol):
-    def lines(self, path: str, stamp: str, keys: Sequence[str]) -> list[Line] | None:
-        """The stored lines of `path` under these keys, by line number; None when the file
-        is not stored under this stamp."""
+if TYPE_CHECKING:  # a Protocol class costs a query's import more than it is worth
+    from typing import Protocol
 
-    def store(self, path: str, stamp: str, lines: list[Line]) -> None:
-        """Store every line of `path` (best effort)."""
+    class LineCache(Protocol):
+        def lines(self, path: str, stamp: str, keys: Sequence[str]) -> list[Line] | None:
+            """The stored lines of `path` under these keys, by line number; None when the
+            file is not stored under this stamp."""
+
+        def store(self, path: str, stamp: str, lines: list[Line]) -> None:
+            """Store every line of `path` (best effort)."""
 
 
 def read_file_cached(path: str | os.PathLike[str], only_tags: Iterable[str],

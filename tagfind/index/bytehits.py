@@ -78,11 +78,12 @@ def byte_matches(conn: sqlite3.Connection, tag: int, exclude: Collection[str] = 
         found = look(path, [tag])
         if found is None:
             continue  # unreadable now: no match, as before, and nothing learnt
-        out += found.matches
-        same_file = (found.size, found.mtime_ns) == (size, mtime_ns)
+        matches, size_after, mtime_after = found
+        out += matches
+        same_file = (size_after, mtime_after) == (size, mtime_ns)
         if (same_file and mtime_ns + RACY_NS < checked_ns and path not in unconfirmed
                 and not sha.startswith("oversize:")):
-            first = found.matches[0] if found.matches else None
+            first = matches[0] if matches else None
             learnt[sha] = (first.offset, first.in_code) if first else (None, False)
     if learnt:
         _store(conn, tag, learnt)
