@@ -5,6 +5,7 @@ the same index, refreshed with the same options."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     from .. import sources
 
     loaded = load_module_list(src)
+    walk_start = time.perf_counter()
     try:
         source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe)
     except sources.SourcesError as exc:
@@ -171,6 +173,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     if src.root is None and not src.drivers:
         known = set(source_set.files)
         source_set.files += sorted(p for p in _live_module_files() if p not in known)
+    walk_seconds = time.perf_counter() - walk_start
     if verbose:
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
@@ -180,6 +183,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
             try:
                 stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
                                     timeout=src.timeout)
+                stats.walk_seconds = walk_seconds
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
                 files = source_set.files

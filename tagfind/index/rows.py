@@ -65,6 +65,7 @@ class RefreshStats:
     timed_out: int = 0
     imported: int = 0  # of reused: files that got an imported result (share.py), no scan
     seconds: float = 0.0
+    walk_seconds: float = 0.0  # finding the files before the refresh (set by its caller)
 
 
 @dataclass(frozen=True)
