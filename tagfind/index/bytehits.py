@@ -13,8 +13,9 @@ could not confirm (`unconfirmed`: it could not read them) are read as before and
 answered from the cache. Every cached tag carries the SEARCH_VERSION that found it: results of
 another version are ignored, then replaced.
 
-Size: at most CACHED_TAGS tags are kept, the oldest dropped first; the rows of contents no file
-has any more go when a refresh drops content (refresh.py). Storing is best effort: an index
+Size: at most CACHED_TAGS tags are kept, and fewer when their rows (one per content and tag)
+pass MAX_ROWS, the oldest dropped first (the newest always stays); the rows of contents no
+file has any more go when a refresh drops content (refresh.py). Storing is best effort: an index
 another process is writing, a read-only or a full one simply caches nothing this time.
 """
 
@@ -29,6 +30,7 @@ from .db import BUSY_TIMEOUT_MS, _write
 from .refresh import RACY_NS
 
 CACHED_TAGS = 64
+MAX_ROWS = 250_000  # and at most about this many rows (some 25 MB): fewer tags for big trees
 SEARCH_VERSION = 1  # bump when bytematch's answer (first offset, in_code) changes
 STORE_BUSY_MS = 50  # wait this long for another writer, then do without storing
 
@@ -117,7 +119,7 @@ def _store(conn: sqlite3.Connection, tag: int, learnt: dict[str, tuple[int | Non
                 conn.execute("DELETE FROM byte_hits WHERE tag = ?", (tag,))
                 conn.execute("INSERT OR REPLACE INTO byte_tags VALUES (?, ?, ?)",
                              (tag, SEARCH_VERSION, time.time()))
-                _evict(conn)
+                _evict(conn, tag, len(learnt))
             conn.executemany(
                 "INSERT OR REPLACE INTO byte_hits VALUES (?, ?, ?, ?)",
                 [(tag, sha, offset, int(in_code)) for sha, (offset, in_code) in learnt.items()])
@@ -127,9 +129,18 @@ def _store(conn: sqlite3.Connection, tag: int, learnt: dict[str, tuple[int | Non
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def _evict(conn: sqlite3.Connection) -> None:
-    """Keep the CACHED_TAGS most recently added tags."""
-    old = conn.execute("SELECT tag FROM byte_tags ORDER BY added_at DESC, tag"
-                       " LIMIT -1 OFFSET ?", (CACHED_TAGS,)).fetchall()
+def _evict(conn: sqlite3.Connection, tag: int, adding: int) -> None:
+    """Keep `tag` (being stored, `adding` rows) and the most recently added other tags: at most
+    CACHED_TAGS in all, with no more than MAX_ROWS rows."""
+    others = [t for (t,) in conn.execute("SELECT tag FROM byte_tags ORDER BY added_at DESC, tag")
+              if t != tag]
+    rows = dict(conn.execute("SELECT tag, count(*) FROM byte_hits GROUP BY tag").fetchall())
+    total, keep = adding, 0
+    for other in others[:CACHED_TAGS - 1]:
+        total += rows.get(other, 0)
+        if total > MAX_ROWS:
+            break
+        keep += 1
+    old = [(other,) for other in others[keep:]]
     conn.executemany("DELETE FROM byte_hits WHERE tag = ?", old)
     conn.executemany("DELETE FROM byte_tags WHERE tag = ?", old)
