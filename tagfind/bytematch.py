@@ -1,8 +1,9 @@
 """What findstr would see: files in which a tag's 4 bytes appear anywhere.
 
 This is the weakest evidence (strings, resources and unrelated code match too), computed at
-query time only for the drivers that have no code evidence for the tag, and always shown as
-"bytes" so it is never mistaken for a proven allocation.
+query time only for the drivers that have no code evidence for the tag (and cached by content
+in the index, see index/bytehits.py), and always shown as "bytes" so it is never mistaken for
+a proven allocation.
 """
 
 from __future__ import annotations
@@ -27,26 +28,39 @@ class ByteMatch:
 def find_byte_matches(paths: Iterable[str], tags: Iterable[int]) -> list[ByteMatch]:
     """Every (path, tag) where the tag's bytes occur in the file. Unreadable files are skipped:
     byte matches are a hint, not a result that must be complete."""
-    needles = {tag: tag_bytes(tag) for tag in tags}
-    if not needles:
+    tags = list(tags)
+    if not tags:
         return []
     out: list[ByteMatch] = []
     for path in paths:
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size == 0 or size > MAX_FILE_SIZE:
-                    continue  # nothing to find, or too large for a driver: never read it
+        found = look(path, tags)
+        if found is not None:
+            out += found[0]
+    return out
+
+
+def look(path: str, tags: Iterable[int]) -> tuple[list[ByteMatch], int, int] | None:
+    """Search one file for the tags' bytes: (the matches of the tags found, the file's size
+    and mtime_ns as the open handle gives them after the search); None when it cannot be
+    read. (The index caches the answer only when the size and mtime show that the file did
+    not change meanwhile.)"""
+    needles = {tag: tag_bytes(tag) for tag in tags}
+    matches: list[ByteMatch] = []
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if 0 < size <= MAX_FILE_SIZE:  # else nothing to find, or too large: never read
                 with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
                     for tag, needle in needles.items():
                         # The first occurrence is enough to confirm; counting them all
                         # would read every matching file to its end.
                         first = view.find(needle)
                         if first >= 0:
-                            out.append(ByteMatch(path, tag, first, _in_code(view, first)))
-        except (OSError, ValueError):
-            continue
-    return out
+                            matches.append(ByteMatch(path, tag, first, _in_code(view, first)))
+            after = os.fstat(handle.fileno())
+    except (OSError, ValueError):
+        return None
+    return matches, after.st_size, after.st_mtime_ns
 
 
 def _in_code(view: mmap.mmap, offset: int) -> bool:

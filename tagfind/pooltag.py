@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tagfind.tags import PROTECTED_POOL, str_to_tag, tag_bytes
 
@@ -227,15 +228,16 @@ def _tag_key(tag: str | int) -> str:
         return tag  # not a tag poolmon could show; it can still equal a pattern
 
 
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """`?` is one character and `*` matches the rest, whatever follows it in the file."""
-    out = []
-    for ch in pattern:
+def _pattern_matches(pattern: str, key: str) -> bool:
+    """`?` is one character and `*` matches the rest, whatever follows it in the file. (A
+    plain loop: compiling a regex for each of the list's wildcard lines costs a query more
+    than matching them all.)"""
+    for i, ch in enumerate(pattern):
         if ch == "*":
-            out.append(".*")
-            break
-        out.append("." if ch == "?" else re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
+            return True
+        if i >= len(key) or (ch != "?" and ch != key[i]):
+            return False
+    return len(key) == len(pattern)
 
 
 def _specificity(entry: Entry) -> tuple[int, bool]:
@@ -251,7 +253,7 @@ class PoolTagDb:
     def __init__(self, files: Iterable[PoolTagFile]) -> None:
         self.files = list(files)
         self._exact: dict[str, list[Entry]] = {}
-        self._wild: list[tuple[re.Pattern[str], Entry]] = []
+        self._wild: list[Entry] = []
         seen: set[tuple[str, tuple[str, ...]]] = set()
         for file in self.files:
             facts = {e.fact for e in file.entries}
@@ -259,24 +261,24 @@ class PoolTagDb:
                 if entry.fact not in seen:  # repeats inside one file are kept
                     self._add(entry)
             seen |= facts
-        self._wild.sort(key=lambda item: _specificity(item[1]))  # stable: priority kept
+        self._wild.sort(key=_specificity)  # stable: priority kept
 
     def _add(self, entry: Entry) -> None:
         if entry.is_wildcard:
-            self._wild.append((_pattern_regex(entry.pattern), entry))
+            self._wild.append(entry)
         else:
             self._exact.setdefault(entry.pattern.ljust(4), []).append(entry)
 
     @property
     def entries(self) -> list[Entry]:
         exact = [e for group in self._exact.values() for e in group]
-        return exact + [e for _, e in self._wild]
+        return exact + self._wild
 
     def lookup(self, tag: str | int) -> list[Entry]:
         """Entries for a tag (case-sensitive): exact patterns first, then wildcard patterns,
         more specific first."""
         key = _tag_key(tag)
-        wild = [e for regex, e in self._wild if regex.fullmatch(key)]
+        wild = [e for e in self._wild if _pattern_matches(e.pattern, key)]
         return self._exact.get(key, []) + wild
 
 
@@ -351,21 +353,32 @@ def default_sources(root: str | None = None) -> list[str]:
 
 def load_db(
     extra_files: Sequence[str] = (), root: str | None = None,
-    only_tags: Iterable[str] | None = None,
+    only_tags: Iterable[str] | None = None, cache: Any = None,
 ) -> PoolTagDb:
     """Files named by the user (--pooltag) first, then default_sources(root). With only_tags,
-    the db answers lookups for those tags only (and loads in a fraction of the time)."""
+    the db answers lookups for those tags only (and loads in a fraction of the time); with a
+    `cache` too (a pooltag_cache.LineCache), files parsed before are not read again."""
+    if only_tags is not None:
+        only_tags = list(only_tags)
+
+    def read(path: str) -> PoolTagFile:
+        if cache is None or only_tags is None:
+            return read_file(path, only_tags)
+        from .pooltag_cache import read_file_cached
+
+        return read_file_cached(path, only_tags, cache)
+
     files = []
     for path in extra_files:
         if not Path(path).is_file():
             raise ValueError(f"pooltag file not found: {path}")
         try:
-            files.append(read_file(path, only_tags))
+            files.append(read(path))
         except OSError as exc:
             raise ValueError(f"cannot read pooltag file {path}: {exc.strerror or exc}") from exc
     for path in default_sources(root):
         try:
-            files.append(read_file(path, only_tags))
+            files.append(read(path))
         except OSError:
             continue  # a system copy we may not read is no reason to fail
     return PoolTagDb(files)

@@ -4,9 +4,6 @@ rows as a table, JSON or CSV. No scanning and no I/O besides writing the renderi
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import ntpath
 import os
 from collections import defaultdict
@@ -292,6 +289,8 @@ def render_json(rows: Sequence[TagDriverRow], extra: dict[str, Any] | None = Non
     payload: dict[str, Any] = {"schema": JSON_SCHEMA, "rows": [_json_row(r) for r in rows]}
     if extra:
         payload.update(extra)
+    import json  # here: a table, the common output, needs no json nor csv
+
     return json.dumps(payload, indent=2)
 
 
@@ -300,6 +299,9 @@ CSV_COLUMNS = ("tag", "tag_value", "driver", "path", "arch", "evidence", "sites"
 
 
 def render_csv(rows: Sequence[TagDriverRow]) -> str:
+    import csv
+    import io
+
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)

@@ -16,6 +16,7 @@ Every error is one line on stderr; no traceback reaches the user.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -32,22 +33,41 @@ from .errors import (
     Interrupted,
     os_error_text,
 )
-from .export import export_cmd
-from .index_cmd import index_group
 from .query import query_cmd
-from .snapshot import snapshot_cmd
-from .trend import trend_cmd
-from .watch import watch_cmd
 
 __all__ = ["EXIT_ERROR", "EXIT_FOUND", "EXIT_INTERRUPTED", "EXIT_NOTHING", "Fatal", "cli", "main"]
 
 
+# Subcommand name -> (module, attribute): imported only when named, so that a query does not
+# pay for the subcommands' modules (trend, watch, export and what they import).
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "snapshot": ("tagfind.cli.snapshot", "snapshot_cmd"),
+    "trend": ("tagfind.cli.trend", "trend_cmd"),
+    "watch": ("tagfind.cli.watch", "watch_cmd"),
+    "export": ("tagfind.cli.export", "export_cmd"),
+    "index": ("tagfind.cli.index_cmd", "index_group"),
+}
+
+
 class DefaultGroup(click.Group):
     """`tagfind TAG...` runs the query; `tagfind snapshot ...` runs a subcommand. Tags have at
-    most 4 characters, so they never collide with a subcommand name."""
+    most 4 characters, so they never collide with a subcommand name. The subcommands of
+    LAZY_COMMANDS are imported when named."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            from importlib import import_module
+
+            module, attribute = LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if not args or (args[0] not in self.commands and args[0] != "--version"):
+        named = args and (args[0] in self.commands or args[0] in LAZY_COMMANDS)
+        if not named and (not args or args[0] != "--version"):
             args = ["query", *args]
         return super().parse_args(ctx, args)
 
@@ -64,17 +84,22 @@ def cli() -> None:
 
 
 cli.add_command(query_cmd)
-cli.add_command(snapshot_cmd)
-cli.add_command(trend_cmd)
-cli.add_command(watch_cmd)
-cli.add_command(export_cmd)
-cli.add_command(index_group)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: like click's standalone mode, but every error is one line, Ctrl-C
     exits 130, and a failure to write the output (a full disk, a closed pipe) is said in
     words."""
+    try:
+        _main(argv)
+    finally:
+        # The interpreter's exit collects cycles over every object the imports made (about a
+        # twentieth of a warm query); nothing waits for that collection, so it is skipped
+        # (objects are still freed as the modules are torn down).
+        gc.freeze()
+
+
+def _main(argv: Sequence[str] | None) -> None:
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="tagfind",
                         standalone_mode=False)

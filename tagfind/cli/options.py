@@ -5,6 +5,7 @@ the same index, refreshed with the same options."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,11 +102,11 @@ NO_DRIVERS_NOTE = ("no drivers were indexed (no Windows here): the Driver(s) col
 def load_module_list(src: SourceOptions) -> Any:
     """The loaded module list of --modules-file, or the live one; None when neither is
     asked for. Names map to files under --root when given."""
+    if src.modules_file is None and not src.loaded:
+        return None
     from .. import modules
     from ..sources import SourcesError, _windows_dir_under
 
-    if src.modules_file is None and not src.loaded:
-        return None
     try:
         windows_dir = _windows_dir_under(src.root) if src.root else None
         if src.modules_file is not None:
@@ -124,10 +125,10 @@ def _live_module_list() -> Any:
     read (the output then does not say what is loaded)."""
     import sys
 
-    from .. import modules
-
     if sys.platform != "win32":
         return None
+    from .. import modules
+
     try:
         return modules.read_loaded_modules()
     except modules.ModulesError:
@@ -162,6 +163,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     from .. import sources
 
     loaded = load_module_list(src)
+    walk_start = time.perf_counter()
     try:
         source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe)
     except sources.SourcesError as exc:
@@ -174,6 +176,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     if src.root is None and not src.drivers:
         known = set(source_set.files)
         source_set.files += sorted(p for p in _live_module_files() if p not in known)
+    walk_seconds = time.perf_counter() - walk_start
     if verbose:
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
@@ -190,6 +193,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                     first.bind(OpenIndex(idx, files, None, loaded=loaded), source_set.files)
                 stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
                                     timeout=src.timeout, first=first)
+                stats.walk_seconds = walk_seconds
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
                 yield OpenIndex(idx, files, stats, empty_reason=empty, loaded=loaded)
@@ -265,11 +269,13 @@ def samples_dir() -> str:
         return str(here)
 
 
-def load_pooltag_db(src: SourceOptions, tags: set[str]) -> Any:
-    """pooltag.txt facts for these tags (shipped list, the user's copies, --pooltag files)."""
+def load_pooltag_db(src: SourceOptions, tags: set[str], index: Any = None) -> Any:
+    """pooltag.txt facts for these tags (shipped list, the user's copies, --pooltag files);
+    with an index, the files' parsed lines are kept in it (pooltag_cache.py)."""
     from ..pooltag import load_db
 
+    cache = index.pooltag_lines() if index is not None else None
     try:
-        return load_db(src.pooltag_files, root=src.root, only_tags=sorted(tags))
+        return load_db(src.pooltag_files, root=src.root, only_tags=sorted(tags), cache=cache)
     except ValueError as exc:
         raise Fatal(str(exc)) from None

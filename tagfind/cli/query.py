@@ -233,7 +233,7 @@ def _run_top(opened: OpenIndex, src: SourceOptions, counters: Any, opts: QueryOp
     sites = []
     if opened.index is not None and values:
         sites = opened.index.sites(tags=values, files=opened.files)
-    db = load_pooltag_db(src, {r.tag for r in chosen})
+    db = load_pooltag_db(src, {r.tag for r in chosen}, opened.index)
     top.attach_drivers(chosen, sites, db)
     report.mark_loaded((c for r in chosen for c in r.drivers), opened.loaded)
     if opts.as_json:
@@ -284,7 +284,7 @@ def _run_tag_query(opened: OpenIndex, src: SourceOptions, exact: list[int], glob
             return None  # the run-time tag drivers are listed: they need every file
         byte_matches = [] if opts.no_bytes else _byte_matches(idx, exact, site_rows, partial)
     tags = {tag_to_str(s.tag) for s in site_rows if s.tag is not None}
-    db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches})
+    db = load_pooltag_db(src, tags | {tag_to_str(m.tag) for m in byte_matches}, idx)
     rows = report.tag_rows(site_rows, byte_matches, db)
     report.mark_loaded(rows, opened.loaded)
     unknown = report.unknown_site_counts(site_rows) if opts.driver is not None else {}
@@ -317,16 +317,15 @@ def _echo_runtime_hint(tags: list[int], drivers: list[Any]) -> None:
 def _byte_matches(idx: Any, tags: list[int], site_rows: list[Any],
                   partial: Any = None) -> list[Any]:
     """Files holding a tag's 4 bytes among those without code evidence for it: the index's
-    byte filters name the candidates, and only those are read to confirm."""
-    from ..bytematch import find_byte_matches
-
+    byte filters name the candidates, only those are read to confirm, and the answers are
+    cached by content (asking again reads nothing)."""
     matches = []
     for tag in tags:
         with_code = {s.path for s in site_rows if s.tag == tag}
-        candidates = idx.byte_candidates(tag, exclude=with_code)
+        found = idx.byte_matches(tag, exclude=with_code)
         if partial is not None:  # indexed paths that the refresh is yet to drop or rescan
-            candidates = [p for p in candidates if partial.answers_for(p)]
-        matches += find_byte_matches(candidates, [tag])
+            found = [m for m in found if partial.answers_for(m.path)]
+        matches += found
     return matches
 
 

@@ -12,7 +12,18 @@ def stats_line(stats: Any) -> str:
     failed = len(stats.failed)
     return (f"index: {stats.total} files, {stats.scanned} scanned, {stats.reused} reused, "
             f"{stats.unchanged} unchanged, {stats.removed} removed, {failed} failed "
-            f"({stats.seconds:.2f} s)")
+            f"({_took(stats)})")
+
+
+def _took(stats: Any) -> str:
+    """How long finding and checking the files took: a refresh that finds nothing changed is
+    the price of every query, so under a second it is given in ms, walk and refresh apart."""
+    walk = getattr(stats, "walk_seconds", 0.0)
+    total = walk + stats.seconds
+    if total >= 1:
+        return f"{total:.2f} s"
+    return (f"{total * 1000:.0f} ms: walk {walk * 1000:.0f} ms, "
+            f"refresh {stats.seconds * 1000:.0f} ms")
 
 
 def echo_refresh_stats(stats: Any, verbose: int) -> None:

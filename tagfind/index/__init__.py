@@ -26,7 +26,19 @@ from .rows import FileRow, IndexStats, RefreshStats, SiteRow
 from .rows import _from_i64 as _from_i64  # (tests)
 from .rows import _to_i64 as _to_i64  # (tests)
 from .scanner_version import current_scanner_version
-from .workers import WORKER_START_FAILURES, WORKER_START_TIMEOUT, scan_for_index, worker_main
+
+# workers.py (subprocess, pickle, threads) is imported when one of its names is asked for: a
+# warm query never scans.
+_FROM_WORKERS = ("WORKER_START_FAILURES", "WORKER_START_TIMEOUT", "scan_for_index",
+                 "worker_main")
+
+
+def __getattr__(name: str) -> object:
+    if name in _FROM_WORKERS:
+        from . import workers
+
+        return getattr(workers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BATCH_FILES",

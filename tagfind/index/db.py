@@ -7,8 +7,11 @@ when it was last checked); `contents` holds one scan result per distinct content
 its sites, so a driver found under several paths (System32\\drivers and the driver store) is
 scanned once and stored once; `contents.origin` says where a result came from when it was
 not scanned here (an imported file, see share.py). `imported_contents` and `imported_sites`
-hold imported results until a listed file has that content (share.py). `meta` holds the
-schema version; an older schema is migrated in place (MIGRATIONS).
+hold imported results until a listed file has that content (share.py). `byte_tags` and
+`byte_hits` cache, per content, where a queried tag's bytes occur (bytehits.py);
+`pooltag_files` and `pooltag_lines` the parsed pooltag.txt lines (pooltag_lines.py); these
+caches are created when missing, whatever the schema version. `meta` holds the schema
+version; an older schema is migrated in place (MIGRATIONS).
 
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
 reader never sees half a batch, a process killed at any point leaves the last committed state,
@@ -60,6 +63,44 @@ CREATE INDEX IF NOT EXISTS imported_sites_sha256 ON imported_sites(sha256);
 _IMPORTED_RUNTIME = "ALTER TABLE imported_sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';"
 _RUNTIME_COLUMNS = "ALTER TABLE sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '';" + (
     _IMPORTED_RUNTIME)
+# Caches for warm queries, in tables of their own that any schema version may lack (they are
+# created when missing, see _ensure_caches; a tagfind without them ignores them, and what they
+# hold stays true whoever writes the other tables). Byte matches by content (bytehits.py):
+# `byte_tags` lists the tags cached, with the version of the search that found them;
+# `byte_hits` holds, per tag and content, the file offset of the tag's first 4 bytes (NULL: not
+# there) and whether it lies in code. Parsed pooltag.txt lines by file stamp (pooltag_lines.py).
+_CACHE_TABLES = {"byte_tags", "byte_hits", "pooltag_files", "pooltag_lines"}
+_CACHES = """
+CREATE TABLE IF NOT EXISTS byte_tags (
+    tag INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS byte_hits (
+    tag INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    first_offset INTEGER,
+    in_code INTEGER NOT NULL,
+    PRIMARY KEY (tag, sha256)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pooltag_files (
+    path TEXT PRIMARY KEY,
+    stamp TEXT NOT NULL,
+    stored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pooltag_lines (
+    path TEXT NOT NULL,
+    key TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    raw TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    pattern TEXT,
+    binary_field TEXT,
+    binaries TEXT,
+    description TEXT
+);
+CREATE INDEX IF NOT EXISTS pooltag_lines_key ON pooltag_lines(path, key);
+"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS contents (
@@ -104,7 +145,7 @@ CREATE TABLE IF NOT EXISTS sites (
 CREATE INDEX IF NOT EXISTS sites_tag ON sites(tag);
 CREATE INDEX IF NOT EXISTS sites_tag_text ON sites(tag_text);
 CREATE INDEX IF NOT EXISTS sites_sha256 ON sites(sha256);
-""" + _IMPORTED_SCHEMA + _IMPORTED_RUNTIME
+""" + _IMPORTED_SCHEMA + _IMPORTED_RUNTIME + _CACHES
 _TABLES = {"meta", "contents", "files", "sites"}
 # schema version -> statements that bring it to the next one (in one write transaction).
 MIGRATIONS: dict[int, str] = {
@@ -233,6 +274,8 @@ class Database:
             version = _meta(conn, "schema_version")
             if version != str(SCHEMA_VERSION):
                 self._migrate(conn, version)
+            if not tables >= _CACHE_TABLES:
+                _ensure_caches(conn)
             return
         if tables:
             raise _WrongSchema(f"unexpected tables {sorted(tables)}")
@@ -312,6 +355,13 @@ class _write:
             self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+def _ensure_caches(conn: sqlite3.Connection) -> None:
+    """Create the cache tables an index written by another version lacks."""
+    with _write(conn):
+        for statement in filter(str.strip, _CACHES.split(";")):
+            conn.execute(statement)
 
 
 def _table_names(conn: sqlite3.Connection) -> set[str]:

@@ -1,7 +1,8 @@
 """The Index class, the cache as callers use it: an open index file (db.Database), brought
 in step with a list of files by `refresh` (the algorithm is refresh.py's) and asked by the
-queries here (sites by tag or glob, sites of a driver, byte-match candidates, files, totals,
-a consistency check). Queries only read, with plain SQL: nothing here imports the scanner.
+queries here (sites by tag or glob, sites of a driver, byte matches and their candidates,
+files, totals, a consistency check). Queries read with plain SQL (byte_matches also stores what
+it learnt, bytehits.py): nothing here imports the scanner.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from .refresh import _Refresh
 from .rows import FileRow, IndexStats, RefreshStats, SiteRow, _site_row
 
 if TYPE_CHECKING:
+    from ..bytematch import ByteMatch
     from .first import FirstAnswer
+    from .pooltag_lines import PoolTagLines
 
 _SQL_PATHS_MAX = 200  # up to this many paths go into the SQL; more are filtered in Python
 
@@ -71,6 +74,7 @@ class Index(Database):
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._last_refresh: tuple | None = None  # (files, jobs, timeout, progress)
+        self._unconfirmed: set[str] = set()  # paths the last refresh could not read or scan
         super().__init__(path)
 
     # --- refresh ------------------------------------------------------------------------
@@ -93,6 +97,11 @@ class Index(Database):
         in between (see first.py).
         """
         self._last_refresh = (list(files), jobs, timeout, progress)
+        stats = self._refresh(files, rebuild, jobs, timeout, progress, first)
+        self._unconfirmed = {path for path, _ in stats.failed}
+        return stats
+
+    def _refresh(self, files, rebuild, jobs, timeout, progress, first=None) -> RefreshStats:
         try:
             return _Refresh(self, files, rebuild, jobs, timeout, progress, first).run()
         except sqlite3.DatabaseError as exc:
@@ -152,6 +161,21 @@ class Index(Database):
             if path not in skip
             and (not answerable or log2 is None or blob is None or may_contain(log2, blob, tag))
         ]
+
+    @_guarded
+    def byte_matches(self, tag: int, exclude: Iterable[str] = ()) -> list[ByteMatch]:
+        """The indexed files that hold the tag's 4 bytes (the first occurrence of each), by
+        path, except those in `exclude`. Answers are cached by content (bytehits.py): the
+        first query of a tag reads the files its byte filters name, later ones read none."""
+        from .bytehits import byte_matches
+
+        return byte_matches(self.conn, tag, set(exclude), self._unconfirmed)
+
+    def pooltag_lines(self) -> PoolTagLines:
+        """The store of parsed pooltag.txt lines (pooltag_cache.LineCache) in this index."""
+        from .pooltag_lines import PoolTagLines
+
+        return PoolTagLines(self.conn)
 
     @_guarded
     def runtime_tag_sites(self, files: Sequence[str] | None = None) -> list[SiteRow]:

@@ -24,19 +24,23 @@ nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
 from contextlib import closing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .db import _write
 from .progress import _bar, _want_progress
 from .rows import RefreshStats, _site_values
 from .scanner_version import current_scanner_version
-from .share import adopt
-from .workers import _can_alarm, _InProcess, _Outcome, _Pool, _strerror
+
+if TYPE_CHECKING:
+    from .workers import _Outcome
+
+# The worker machinery (subprocess, pickle, threads), share.py and hashlib are imported where
+# a refresh needs them: a warm refresh that finds nothing changed needs none of them.
 
 BATCH_FILES = 64  # scanned files written per transaction...
 BATCH_SECONDS = 1.0  # ...or at least this often
@@ -119,6 +123,8 @@ class _Refresh:
                 gone.add(path)
                 continue
             except OSError as exc:
+                from .workers import _strerror
+
                 self.stats.failed.append((path, f"cannot read: {_strerror(exc)}"))
                 continue
             row = known.get(path)
@@ -131,6 +137,8 @@ class _Refresh:
     def _hash_all(self, pending: list[_Pending]) -> set[str]:
         """Hash the pending files (sets .sha256). Returns the paths that vanished meanwhile."""
         from concurrent.futures import ThreadPoolExecutor  # here: a warm refresh needs none
+
+        from .workers import _strerror
 
         gone: set[str] = set()
         # hashlib releases the GIL on large buffers: threads hash in parallel.
@@ -152,6 +160,8 @@ class _Refresh:
     ) -> dict[str, list[_Pending]]:
         """Files whose content is already indexed get their rows now, in one transaction.
         Returns the rest, grouped by content: sha256 -> files (each content is scanned once)."""
+        from .share import adopt
+
         to_scan: dict[str, list[_Pending]] = {}
         with _write(self.conn):
             for item in pending:
@@ -235,6 +245,8 @@ class _Refresh:
             self.stats.failed.append((item.path, error[0]))
 
     def _scan_and_store(self, to_scan: dict[str, list[_Pending]], few: bool = False) -> None:
+        from .workers import _can_alarm, _InProcess, _Pool
+
         # Largest first: scan time grows with size, and a big file started last would leave
         # the other workers idle while it finishes alone.
         ordered = sorted(to_scan.items(), key=lambda kv: -kv[1][0].size)
@@ -327,6 +339,9 @@ class _Refresh:
             orphans = "SELECT sha256 FROM contents WHERE sha256 NOT IN (SELECT sha256 FROM files)"
             self.conn.execute(f"DELETE FROM sites WHERE sha256 IN ({orphans})")
             self.conn.execute(f"DELETE FROM contents WHERE sha256 IN ({orphans})")
+            # Cached byte matches (bytehits.py) of contents no file has any more.
+            self.conn.execute(
+                "DELETE FROM byte_hits WHERE sha256 NOT IN (SELECT sha256 FROM files)")
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('last_refresh', ?)", (repr(time.time()),)
             )
@@ -371,6 +386,8 @@ def _same(row: _Known, st: os.stat_result, version: int, timeout: float) -> bool
 
 
 def _hash_file(path: str) -> str | OSError:
+    import hashlib
+
     from ..limits import MAX_FILE_SIZE
 
     try:

@@ -66,6 +66,7 @@ class RefreshStats:
     imported: int = 0  # of reused: files that got an imported result (share.py), no scan
     first_candidates: int | None = None  # contents scanned before a first answer (first.py)
     seconds: float = 0.0
+    walk_seconds: float = 0.0  # finding the files before the refresh (set by its caller)
 
 
 @dataclass(frozen=True)
