@@ -66,7 +66,7 @@ SECTIONS = ("build", "analysis", "warm", "first", "refresh")
 FORMAT = 1  # of the --json output
 CHILD_TIMEOUT = 900.0  # seconds; a child past it is killed and its section reported failed
 WARM_QUERIES = (("None", ()), ("None", ("--no-bytes",)), ("Bthp", ("--no-bytes",)))
-STATS_LINE = re.compile(r"index: (\d+) files\b.*\((\d+(?:\.\d+)?) ?(ms|s)\)")
+STATS_LINE = re.compile(r"index: (\d+) files\b.*\((\d+(?:\.\d+)?) ?(ms|s)\b[^)]*\)")
 ANALYSIS_BATCHES = 8  # per material, spread over --jobs worker processes
 PRINTABLE_TAG = re.compile(r"[A-Za-z0-9]{4}")
 

@@ -241,13 +241,12 @@ class Arm64Semantics:
     # --- registers --------------------------------------------------------------------------
     @staticmethod
     def get(state: State, name: str) -> Value | None:
-        if name in ZERO_REGS:
-            return 0
         reg = REGS.get(name)
         if reg is None:
-            return None
+            return 0 if name in ZERO_REGS else None
         family, bits = reg
-        return narrow(state.regs.get(family), bits, 64)
+        value = state.regs.get(family)
+        return value if bits == 64 or value is None else narrow(value, bits, 64)
 
     @staticmethod
     def set(state: State, name: str, value: Value | None) -> None:
@@ -265,8 +264,12 @@ class Arm64Semantics:
             state.regs[family] = value
 
     def operand(self, state: State, text: str) -> Value | None:
-        if text in REGS or text in ZERO_REGS:
-            return self.get(state, text)
+        reg = REGS.get(text)
+        if reg is not None:
+            value = state.regs.get(reg[0])
+            return value if reg[1] == 64 or value is None else narrow(value, reg[1], 64)
+        if text in ZERO_REGS:
+            return 0
         return _imm(text)
 
     # --- memory -----------------------------------------------------------------------------
