@@ -381,14 +381,15 @@ class PEImage:
             maybe[np.flatnonzero(inside)[(flags & 0x4) != 0]] = True
             known |= inside
         maybe |= ~known  # unwind data outside the file's bytes: let chain_parent decide
-        return [int(b) for b in begins[maybe]]
+        return begins[maybe].tolist()
 
     def _chain_roots(self) -> dict[int, list[tuple[int, int]]]:
         chains: dict[int, list[tuple[int, int]]] = {}
         self._chain_root_of = {}
         if self._unwind is None or self.machine != 0x8664:
             return chains
-        ends = {int(b): int(e) for b, e in self.functions}
+        ends = dict(zip(self.functions[:, 0].tolist(), self.functions[:, 1].tolist(),
+                        strict=True))
         for begin in self._maybe_chained():
             parent = self.chain_parent(begin)
             if parent is None or begin not in ends:
