@@ -749,6 +749,24 @@ def _sext(value: np.ndarray, bits: int) -> np.ndarray:
     return (value ^ sign) - sign
 
 
+def _nearest_adrp_pages(ai, rd, page, js, bases) -> tuple[np.ndarray, np.ndarray]:
+    """For each word index js[i] whose base register is bases[i]: whether an ADRP (of those
+    at indexes ai, into registers rd, of pages `page`) into that register lies before it
+    within ADRP_LOOKBACK, and the page of the nearest such ADRP."""
+    found = np.zeros(len(js), dtype=bool)
+    pages = np.zeros(len(js), dtype=np.int64)
+    for reg in np.unique(bases).tolist():
+        mine = rd == reg
+        at, their_pages = ai[mine], page[mine]
+        sel = np.flatnonzero(bases == reg)
+        k = np.searchsorted(at, js[sel]) - 1  # the last ADRP into reg before the word
+        ok = k >= 0
+        ok[ok] = at[k[ok]] >= js[sel][ok] - ADRP_LOOKBACK
+        found[sel[ok]] = True
+        pages[sel[ok]] = their_pages[k[ok]]
+    return found, pages
+
+
 def _page_refs(w, pc, ai, page, rd, is_ref, targets: set[int]) -> list[int]:
     """RVAs of the words marked is_ref (LDR Xt, [Xn, #imm12*8], or ADD Xd, Xn, #imm12) whose
     base register's nearest ADRP before them (within ADRP_LOOKBACK) makes an address in
@@ -758,14 +776,11 @@ def _page_refs(w, pc, ai, page, rd, is_ref, targets: set[int]) -> list[int]:
     scale = np.where((word & 0xFFC00000) == 0xF9400000, 8, 1)
     offset = ((word >> 10) & 0xFFF) * scale
     keep = np.isin(offset, np.array(sorted({t & 0xFFF for t in targets}), dtype=np.int64))
-    out = []
-    for j, off in zip(ri[keep].tolist(), offset[keep].tolist(), strict=True):
-        lo = int(np.searchsorted(ai, j - ADRP_LOOKBACK))
-        hi = int(np.searchsorted(ai, j))
-        same = np.flatnonzero(rd[lo:hi] == ((int(w[j]) >> 5) & 31))
-        if len(same) and int(page[lo + same[-1]]) + off in targets:
-            out.append(int(pc[j]))
-    return out
+    js = ri[keep]
+    found, pages = _nearest_adrp_pages(ai, rd, page, js, (w[js] >> 5) & 31)
+    wanted = np.array(sorted(targets), dtype=np.int64)
+    match = found & np.isin(pages + offset[keep], wanted)
+    return pc[js[match]].tolist()
 
 
 class Arm64Backend:
@@ -880,16 +895,9 @@ class Arm64Backend:
         li = np.flatnonzero(is_ldr)
         offset = ((w[li] >> 10) & 0xFFF) * 8
         li = li[np.isin(offset, np.unique(pool_slots & 0xFFF))]
-        slots = set(pool_slots.tolist())
-        for j in li.tolist():
-            lo = int(np.searchsorted(ai, j - ADRP_LOOKBACK))
-            hi = int(np.searchsorted(ai, j))
-            if lo == hi:
-                continue
-            word = int(w[j])
-            same = np.flatnonzero(rd[lo:hi] == ((word >> 5) & 31))
-            if len(same) and int(page[lo + same[-1]]) + ((word >> 10) & 0xFFF) * 8 in slots:
-                self._adrp_hits.append(int(pc[j]))
+        found, pages = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
+        match = found & np.isin(pages + ((w[li] >> 10) & 0xFFF) * 8, pool_slots)
+        self._adrp_hits.extend(pc[li[match]].tolist())
 
     @staticmethod
     def _find_thunks(w, is_ldr, ai, page, rd, all_slots, pc) -> list[tuple[int, int]]:
