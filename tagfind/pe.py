@@ -8,6 +8,7 @@ and ends. Damaged files raise PEError with a one-line reason.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import struct
@@ -128,6 +129,7 @@ class PEImage:
         self._chain_root_of: dict[int, int] = {}  # fragment begin -> primary begin
         self._parse_directories(pe)
         self.functions = self._function_table(pe)  # (n, 2) uint32 array of [begin, end)
+        self._lists: tuple[list[int], list[int], list[int]] | None = None
         # No pe.close(): it only unmaps files pefile opened itself (we pass bytes), and then
         # runs a full gc.collect(), which cost 15 ms per file, a fifth of a corpus scan.
 
@@ -267,22 +269,27 @@ class PEImage:
 
     def function_containing(self, rva: int) -> tuple[int, int] | None:
         """The .pdata function [begin, end) that holds rva, if any."""
-        funcs = self.functions
-        if not len(funcs):
-            return None
-        i = int(np.searchsorted(funcs[:, 0], rva, side="right")) - 1
-        if i >= 0 and funcs[i, 0] <= rva < funcs[i, 1]:
-            return int(funcs[i, 0]), int(funcs[i, 1])
+        begins, ends, _ = self._function_lists()
+        i = bisect.bisect_right(begins, rva) - 1
+        if i >= 0 and begins[i] <= rva < ends[i]:
+            return begins[i], ends[i]
         return None
 
     def function_end_before(self, rva: int) -> int:
         """End of the last .pdata function that ends at or before rva (0 if none)."""
-        funcs = self.functions
-        if not len(funcs):
-            return 0
-        ends = funcs[:, 1]
-        below = ends[ends <= rva]
-        return int(below.max()) if len(below) else 0
+        _, _, sorted_ends = self._function_lists()
+        i = bisect.bisect_right(sorted_ends, rva) - 1
+        return sorted_ends[i] if i >= 0 else 0
+
+    def _function_lists(self) -> tuple[list[int], list[int], list[int]]:
+        """The .pdata begins and ends as Python lists, and the ends sorted: the backends look
+        functions up thousands of times per image, one address at a time, where bisect on a
+        list is several times cheaper than a numpy call."""
+        if self._lists is None:
+            begins = self.functions[:, 0].tolist()
+            ends = self.functions[:, 1].tolist()
+            self._lists = (begins, ends, sorted(ends))
+        return self._lists
 
     def is_chained_fragment(self, begin: int) -> bool:
         """x64: the .pdata entry at begin is a fragment of another function
