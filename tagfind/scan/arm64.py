@@ -1050,8 +1050,10 @@ class Arm64Backend:
             if insn.address - 8 in self._thunks:
                 return None  # an import thunk's own branch stands for the API; not a use
             target = sem.call_target(state, insn)
-            if type(target) is tuple and target[0] == "imp" and target[1] not in EVENT_IMPORTS:
-                return None  # memset, KeAcquireSpinLock...: nothing reads the call
+            if type(target) is tuple and (
+                    target[0] == "imp" and target[1] not in EVENT_IMPORTS
+                    or target[0] == "wdf" and target[1] not in WDF_APIS_BY_INDEX):
+                return None  # memset, KeAcquireSpinLock, WdfRequestComplete...: never read
             if not (isinstance(target, int)
                     or (isinstance(target, tuple) and target[0] in ("imp", "wdf"))):
                 if mnem == "blr":

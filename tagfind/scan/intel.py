@@ -22,7 +22,7 @@ from functools import lru_cache
 import capstone
 import numpy as np
 
-from ..apis import APIS_BY_IMPORT, EVENT_IMPORTS
+from ..apis import APIS_BY_IMPORT, EVENT_IMPORTS, WDF_APIS_BY_INDEX
 from .dataflow import (
     FALL_THROUGH,
     FIELD,
@@ -759,8 +759,10 @@ class IntelBackend:
             elif mnem != "call":
                 return None
             target = sem.call_target(state, insn)
-            if type(target) is tuple and target[0] == "imp" and target[1] not in EVENT_IMPORTS:
-                return None  # memset, KeAcquireSpinLock...: nothing reads the call
+            if type(target) is tuple and (
+                    target[0] == "imp" and target[1] not in EVENT_IMPORTS
+                    or target[0] == "wdf" and target[1] not in WDF_APIS_BY_INDEX):
+                return None  # memset, KeAcquireSpinLock, WdfRequestComplete...: never read
             if not _resolved(target):
                 if mnem == "call":
                     # An indirect call: kept only when it hands a stack structure, which a
