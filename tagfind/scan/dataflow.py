@@ -207,8 +207,8 @@ def run(
     if not insns:
         return True, []
     index_of = {insn.address: i for i, insn in enumerate(insns)}
-    # An instruction that does not branch does so by its mnemonic alone (no backend's flow_of
-    # returns FALL_THROUGH for a branch), so one call per such mnemonic is enough.
+    # Whether an instruction just falls through depends on its mnemonic alone (no backend's
+    # flow_of returns FALL_THROUGH for a branch), so flow_of is asked once per such mnemonic.
     plain: set[str] = set()
     flows = []
     for insn in insns:
