@@ -667,10 +667,6 @@ def _memory_index(ops: tuple[str, ...]) -> int | None:
     return next((i for i, o in enumerate(ops) if o.startswith("[")), None)
 
 
-def _observed(insn: Insn) -> bool:
-    return insn.mnemonic in _OBSERVED
-
-
 def _observed_or_store(insn: Insn) -> bool:
     return insn.mnemonic in _OBSERVED or insn.mnemonic.startswith("st")
 
@@ -1079,6 +1075,6 @@ class Arm64Backend:
             has_pdata and not self.image.has_exception_handler(function)) else sem.flow
         # With run-time lookups modelled, stores matter too: one may keep a looked-up pool
         # API in a global (a side effect of the transfer that later analyses read).
-        observed = _observed_or_store if sem.modelled_calls else _observed
+        observed = _observed_or_store if sem.modelled_calls else _OBSERVED
         converged, events = run(insns, entry, sem.transfer, flow, orphan, observe, observed)
         return events if converged else without_args(events)

@@ -189,11 +189,12 @@ def run(
     flow_of: FlowOf,
     orphan_state: Callable[[int], State],
     observe: Observe,
-    observed: Callable[[Insn], bool],
+    observed: Callable[[Insn], bool] | frozenset[str],
     max_rounds: int = 40,
 ) -> tuple[bool, list[Any]]:
     """Iterate states to a fixpoint over the function's blocks and return what observe(state,
-    insn) says (when not None) at each instruction that observed(insn) selects, with the
+    insn) says (when not None) at each instruction that observed(insn) selects (or whose
+    mnemonic is in observed, a set), with the
     states of the fixpoint, in address order. Blocks no edge reaches start from
     orphan_state(address of the block).
 
@@ -255,7 +256,10 @@ def run(
 
     # Where each block's run may stop: after its last observed instruction when none of its
     # successors leads to one, at its end when one does, and nowhere (not run) when neither.
-    observed_at = [observed(insn) for insn in insns]
+    if isinstance(observed, frozenset):
+        observed_at = [insn.mnemonic in observed for insn in insns]
+    else:
+        observed_at = [observed(insn) for insn in insns]
     last_observed = []
     for s, e in blocks:
         while e > s and not observed_at[e - 1]:

@@ -583,8 +583,7 @@ def routine_name(image, rva: int) -> str | None:
 
 
 # --- what the observer looks at ---------------------------------------------------------------
-def _calls_or_jumps(insn: Insn) -> bool:
-    return insn.mnemonic in ("call", "jmp")
+_CALLS_OR_JUMPS = frozenset({"call", "jmp"})
 
 
 def _calls_jumps_or_stores(insn: Insn) -> bool:
@@ -592,13 +591,13 @@ def _calls_jumps_or_stores(insn: Insn) -> bool:
     return mnem in ("call", "jmp") or (mnem in ("mov", "xchg") and "[" in insn.op_str)
 
 
-def observed_insns(sem) -> Callable[[Insn], bool]:
+def observed_insns(sem) -> Callable[[Insn], bool] | frozenset[str]:
     """The instructions dataflow.run must run for the observer: calls and jumps, and where
     the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
     global, a side effect of the transfer that later analyses read)."""
     if getattr(sem, "modelled_calls", None) or getattr(sem, "models_lookup", False):
         return _calls_jumps_or_stores
-    return _calls_or_jumps
+    return _CALLS_OR_JUMPS
 
 
 # --- decoding -----------------------------------------------------------------------------------
