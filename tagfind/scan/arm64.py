@@ -802,6 +802,7 @@ class Arm64Backend:
         self._resolver_hits: list[int] = []
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
+        self._word_arrays: list[tuple] | None = None  # see _words
         self._scan_code()
         self.semantics.local_apis = self._thunks
         # Starts of code without .pdata (leaf functions, thunks): what bl calls, thunks, exports.
@@ -938,18 +939,22 @@ class Arm64Backend:
                 if self.function_of(rva) in table_users:
                     self._adrp_hits.append(rva)
 
-    def _words(self):
-        """(words, their RVAs, ADRP indexes, pages, destination registers) per code section."""
-        for section in self.image.code_sections:
-            n = section.size // 4
-            if section.rva % 4 or n == 0:
-                continue
-            w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
-            pc = section.rva + 4 * np.arange(n, dtype=np.int64)
-            ai = np.flatnonzero((w & 0x9F000000) == 0x90000000)
-            imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
-            page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
-            yield w, pc, ai, page, w[ai] & 31
+    def _words(self) -> list[tuple]:
+        """(words, their RVAs, ADRP indexes, pages, destination registers) per code section,
+        made once per image (the reference searches ask for them several times)."""
+        if self._word_arrays is None:
+            self._word_arrays = []
+            for section in self.image.code_sections:
+                n = section.size // 4
+                if section.rva % 4 or n == 0:
+                    continue
+                w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
+                pc = section.rva + 4 * np.arange(n, dtype=np.int64)
+                ai = np.flatnonzero((w & 0x9F000000) == 0x90000000)
+                imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
+                page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
+                self._word_arrays.append((w, pc, ai, page, w[ai] & 31))
+        return self._word_arrays
 
     def address_users(self, functions: set[int]) -> list[int]:
         """Code that takes the address of one of functions, or loads it from a global holding
