@@ -281,6 +281,12 @@ class PEImage:
         i = bisect.bisect_right(sorted_ends, rva) - 1
         return sorted_ends[i] if i >= 0 else 0
 
+    def next_function_start(self, rva: int) -> int | None:
+        """Begin of the first .pdata function that starts after rva, if any."""
+        begins, _, _ = self._function_lists()
+        i = bisect.bisect_right(begins, rva)
+        return begins[i] if i < len(begins) else None
+
     def _function_lists(self) -> tuple[list[int], list[int], list[int]]:
         """The .pdata begins and ends as Python lists, and the ends sorted: the backends look
         functions up thousands of times per image, one address at a time, where bisect on a
@@ -395,8 +401,8 @@ class PEImage:
         self._chain_root_of = {}
         if self._unwind is None or self.machine != 0x8664:
             return chains
-        ends = dict(zip(self.functions[:, 0].tolist(), self.functions[:, 1].tolist(),
-                        strict=True))
+        begins, function_ends, _ = self._function_lists()
+        ends = dict(zip(begins, function_ends, strict=True))
         for begin in self._maybe_chained():
             parent = self.chain_parent(begin)
             if parent is None or begin not in ends:

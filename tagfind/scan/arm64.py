@@ -1017,12 +1017,10 @@ class Arm64Backend:
         fresh = True
         if rva - start > REGION_CAP:
             start, fresh = (rva - REGION_CAP) & ~3, False
-        funcs = image.functions
         end = section.rva + section.size
-        if len(funcs):
-            nxt = int(np.searchsorted(funcs[:, 0], rva, side="right"))
-            if nxt < len(funcs):
-                end = min(end, int(funcs[nxt, 0]))
+        nxt = image.next_function_start(rva)
+        if nxt is not None:
+            end = min(end, nxt)
         if i < len(known):
             end = min(end, int(known[i]))
         end = min(end, rva + REGION_CAP)

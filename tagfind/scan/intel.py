@@ -588,7 +588,7 @@ _CALLS_OR_JUMPS = frozenset({"call", "jmp"})
 
 def _calls_jumps_or_stores(insn: Insn) -> bool:
     mnem = insn.mnemonic
-    return mnem in ("call", "jmp") or (mnem in ("mov", "xchg") and "[" in insn.op_str)
+    return mnem in _CALLS_OR_JUMPS or (mnem in ("mov", "xchg") and "[" in insn.op_str)
 
 
 def observed_insns(sem) -> Callable[[Insn], bool] | frozenset[str]:

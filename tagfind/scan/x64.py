@@ -429,11 +429,10 @@ class X64Backend(IntelBackend):
             start, fresh = rva - REGION_CAP, False
         while start < rva and image.read(start, 1)[:1] in (b"\xcc", b"\x90"):
             start += 1
-        nxt = np.searchsorted(image.functions[:, 0], rva, side="right") if len(
-            image.functions) else 0
         end = section.rva + section.size
-        if len(image.functions) and nxt < len(image.functions):
-            end = min(end, int(image.functions[nxt, 0]))
+        nxt = image.next_function_start(rva)
+        if nxt is not None:
+            end = min(end, nxt)
         end = min(end, rva + REGION_CAP)
         if not fresh and start not in self.regions:
             bisect.insort(self._capped, start)
