@@ -22,7 +22,7 @@ from functools import lru_cache
 import capstone
 import numpy as np
 
-from ..apis import APIS_BY_IMPORT, EVENT_IMPORTS, WDF_APIS_BY_INDEX
+from ..apis import APIS_BY_IMPORT, EVENT_IMPORTS, ROUTINE_LOOKUP_IMPORT, WDF_APIS_BY_INDEX
 from .dataflow import (
     FALL_THROUGH,
     FIELD,
@@ -595,7 +595,7 @@ def observed_insns(sem) -> Callable[[Insn], bool] | frozenset[str]:
     """The instructions dataflow.run must run for the observer: calls and jumps, and where
     the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
     global, a side effect of the transfer that later analyses read)."""
-    if getattr(sem, "modelled_calls", None) or getattr(sem, "models_lookup", False):
+    if ROUTINE_LOOKUP_IMPORT in sem.resolvers:
         return _calls_jumps_or_stores
     return _CALLS_OR_JUMPS
 
