@@ -348,7 +348,17 @@ def default_sources(root: str | None = None) -> list[str]:
     shipped = shipped_path()
     if shipped is not None:
         found.append(shipped)
-    return list(dict.fromkeys(str(p) for p in found if p.is_file()))
+    return list(dict.fromkeys(str(p) for p in found if _present(p)))
+
+
+def _present(path: Path) -> bool:
+    """Whether an optional pooltag file is there to read. A folder we may not look into
+    (Path.is_file raises for EACCES: the current directory of a user who dropped privileges)
+    holds none for us."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def load_db(

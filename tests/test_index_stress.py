@@ -298,3 +298,23 @@ def full_disk_by_page_limit(a: Path, b: Path, tmp_path: Path, why: str) -> None:
     assert "full" in one_error_line(limited)
     again = tagfind("--drivers", str(a), "--index", index, *query)
     assert (again.returncode, again.stdout) == (0, old.stdout), again.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "setuid") or os.geteuid() != 0,
+                    reason="needs root, to drop to nobody (POSIX)")
+def test_a_current_directory_nobody_may_read_holds_no_localtag(tmp_path: Path) -> None:
+    # poolmon's localtag.txt is looked for in the current directory: one the user may not look
+    # into (a 0700 folder of root's, after dropping privileges) has none, and is no error.
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    script = (
+        "import os, sys\n"
+        "from tagfind import pooltag\n"
+        "os.chdir(sys.argv[1])\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "print([os.path.basename(p) for p in pooltag.default_sources()])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(closed)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "localtag.txt" not in done.stdout
