@@ -305,10 +305,10 @@ def shipped_path() -> Path | None:
         from importlib.resources import files
 
         candidate = files("tagfind.data") / "pooltag.txt"
-    except ModuleNotFoundError:  # running from a source checkout that is not installed
+    except (ModuleNotFoundError, OSError):  # a source checkout not installed, or not ours
         candidate = Path(__file__).resolve().parents[1] / "data" / "pooltag.txt"
     # Only a file on disk can be listed as a path; the data ships unzipped in wheels.
-    return candidate if isinstance(candidate, Path) and candidate.is_file() else None
+    return candidate if isinstance(candidate, Path) and _present(candidate) else None
 
 
 def _resolve_nocase(base: Path, parts: Sequence[str]) -> Path | None:
