@@ -1074,7 +1074,7 @@ class Arm64Backend:
         def orphan(_address: int) -> State:
             return sem.unknown_state() if has_pdata else sem.entry_state()
 
-        flow = jump_table_flow(insns, sem.flow, _is_table_jump) if (
+        flow = jump_table_flow(insns, sem.flow, _is_table_jump, "br") if (
             has_pdata and not self.image.has_exception_handler(function)) else sem.flow
         # With run-time lookups modelled, stores matter too: one may keep a looked-up pool
         # API in a global (a side effect of the transfer that later analyses read).

@@ -170,13 +170,14 @@ DISPATCH = Flow((), False, indirect=True)
 
 
 def jump_table_flow(insns: Sequence[Insn], flow_of: FlowOf,
-                    is_table_jump: Callable[[Insn, Insn], bool]) -> FlowOf:
-    """flow_of, with the jumps that is_table_jump(previous, jump) calls a switch dispatch
+                    is_table_jump: Callable[[Insn, Insn], bool], jump: str) -> FlowOf:
+    """flow_of, with the jumps (instructions with mnemonic `jump`) that
+    is_table_jump(previous, jump) calls a switch dispatch
     marked indirect: run() then enters the function's otherwise unreached blocks (the switch's
     cases) from them. Only for functions without an exception handler, whose handler blocks
     are unreached too but entered from the unwinder."""
-    dispatches = {insn.address for prev, insn in zip(insns, insns[1:], strict=False)
-                  if is_table_jump(prev, insn)}
+    dispatches = {insns[i].address for i in range(1, len(insns))
+                  if insns[i].mnemonic == jump and is_table_jump(insns[i - 1], insns[i])}
     if not dispatches:
         return flow_of
     return lambda insn: DISPATCH if insn.address in dispatches else flow_of(insn)

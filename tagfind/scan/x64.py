@@ -475,7 +475,7 @@ class X64Backend(IntelBackend):
         flow = flow_with_tail_calls if called else sem.flow
 
         if has_pdata and not self.image.has_exception_handler(function):
-            flow = jump_table_flow(insns, flow, _is_table_jump)
+            flow = jump_table_flow(insns, flow, _is_table_jump, "jmp")
         converged, events = run(insns, entry, sem.transfer, flow, orphan, observe,
                                 observed_insns(sem))
         addresses = [insn.address for insn in insns]
