@@ -215,10 +215,11 @@ class X86Semantics(IntelSemantics):
         self.callee_pops = callee_pops
         self.thunk_api = thunk_api
         self.moves_frame = moves_frame
-        # Pool APIs looked up by name at run time (see x64.py): modelled only when the image
-        # imports MmGetSystemRoutineAddress.
+        # Calls whose effect we model (as x64.py's): pool APIs looked up by name at run time,
+        # only when the image can look one up.
         self.resolvers = resolvers_followed(image)
-        self.models_lookup = ROUTINE_LOOKUP_IMPORT in self.resolvers
+        self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT} if ROUTINE_LOOKUP_IMPORT in self.resolvers
+                               else set())
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
 
@@ -270,7 +271,7 @@ class X86Semantics(IntelSemantics):
                 write_stack(state, LAYOUT, sp - 4, 4, None)
             return
         pops = self.callee_pops(target)
-        result = self._lookup_effect(state, target, sp) if self.models_lookup else None
+        result = self._lookup_effect(state, target, sp) if self.modelled_calls else None
         for reg in VOLATILE:
             state.regs.pop(reg, None)
         forget_vectors(state)
