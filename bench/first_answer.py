@@ -3,9 +3,10 @@ single-process capstone linear sweep of the same files, measured in the same run
 
     python bench/first_answer.py DIR [--tags N] [--jobs 2] [--tagfind-path SRC]
 
-The sweep decodes every instruction of every executable section (disasm_lite, skipdata) and
-analyses nothing. Then the index of DIR is built once (the reference), N tags proven there are
-picked (a fixed spread over how many files may hold them), and for each tag a fresh index is
+The sweep (bench/_sweep.py, as in bench/speed.py) decodes every instruction of every
+executable section (disasm_lite, skipdata) and analyses nothing. Then the index of DIR is
+built once (the reference), N tags proven there are picked (a fixed spread over how many
+files may hold them), and for each tag a fresh index is
 asked: the time until its answer is on stdout, after which the process is interrupted (SIGINT,
 exit 130 expected: the index must stay consistent). The answer must equal the reference's
 answer for the same tag (stdout and exit code, also with --json and -v); a run that answers
@@ -27,36 +28,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _sweep  # noqa: E402  (the project's sweep baseline, shared with bench/speed.py)
 
 
 def sweep(files: list[str]) -> tuple[float, int]:
-    """(seconds, instructions) of a linear sweep over the executable sections."""
-    import capstone
-    import pefile
-
-    modes = {
-        0x8664: (capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-        0x14C: (capstone.CS_ARCH_X86, capstone.CS_MODE_32),
-        0xAA64: (getattr(capstone, "CS_ARCH_ARM64", getattr(capstone, "CS_ARCH_AARCH64", 0)),
-                 capstone.CS_MODE_ARM),
-    }
-    start = time.perf_counter()
-    count = 0
-    for path in files:
-        try:
-            pe = pefile.PE(path, fast_load=True)
-        except pefile.PEFormatError:
-            continue
-        mode = modes.get(pe.FILE_HEADER.Machine)
-        if mode is None:
-            continue
-        md = capstone.Cs(*mode)
-        md.skipdata = True
-        for section in pe.sections:
-            if section.Characteristics & 0x20000000:
-                code = section.get_data()
-                count += sum(1 for _ in md.disasm_lite(code, section.VirtualAddress))
-    return time.perf_counter() - start, count
+    """(seconds, instructions) of the project's sweep (bench/_sweep.py) of the files."""
+    result = _sweep.sweep(files)
+    return result.seconds, result.instructions
 
 
 def pe_files(folder: str) -> list[str]:
