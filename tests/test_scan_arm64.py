@@ -76,6 +76,47 @@ def test_kmdf_wdf_functions_lies_past_the_raw_data(built, variant):
     assert table >= section.VirtualAddress + section.SizeOfRawData
 
 
+@pytest.mark.parametrize("variant", SPEC.variants)
+def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, variant, monkeypatch):
+    """AsmFieldAtSlotOffset reads a field at WdfVersionBind's IAT slot offset through x21,
+    whose nearest ADRP before it is AsmImportPage's (the function before). The first pass
+    (the functions that may call a resolver) leaves it out, and the import thunk too; the
+    function's analysis finds no resolver call, and the driver's bind call is still followed
+    (through the thunk, from DriverEntry)."""
+    path, _ = built("kmdf", variant)
+    transfers = Transfers(str(path))
+    (slot,) = [rva for rva, name in transfers.slots.items() if name == "WdfVersionBind"]
+    field = f"[x21, #{slot & 0xFFF:#x}]"
+    (load,) = [addr for addr, mnem, ops in transfers.insns
+               if mnem == "ldr" and ops.replace(" ", "").endswith(field.replace(" ", ""))]
+    image = PEImage(str(path))
+    function = image.function_containing(load)[0]
+    adrps = [addr for addr, mnem, ops in transfers.insns
+             if mnem == "adrp" and ops.startswith("x21,") and addr < load]
+    assert adrps and adrps[-1] < function  # the word scan's pairing crosses the function start
+
+    analysed: list[int] = []
+    real_analyse = Arm64Backend.analyse
+
+    def recording(self, rva):
+        analysed.append(rva)
+        return real_analyse(self, rva)
+
+    monkeypatch.setattr(Arm64Backend, "analyse", recording)
+    backend = Arm64Backend(image)
+    assert (load, adrps[-1]) in backend._resolver_hits  # found by the word scan...
+    assert function not in analysed  # ...and not analysed for it
+    # Nor is the import thunk (`adrp x16; ldr x16; br x16`), where the build has one (-Os
+    # calls through the IAT): its callers are.
+    thunks = [rva for rva, name in transfers.thunks.items() if name == "WdfVersionBind"]
+    assert not set(thunks) & set(analysed)
+    assert backend.semantics.wdf_tables  # the bind call (DriverEntry, via its thunk) followed
+    assert backend.function_of(load) == function
+    events = real_analyse(backend, function)
+    assert not any(backend.semantics.import_called(e.target) == ("imp", "WdfVersionBind")
+                   for e in events)
+
+
 # -- operand spellings of capstone 5 and 6 --------------------------------------------------------
 
 

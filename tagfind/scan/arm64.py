@@ -745,12 +745,14 @@ def _sext(value: np.ndarray, bits: int) -> np.ndarray:
     return (value ^ sign) - sign
 
 
-def _nearest_adrp_pages(ai, rd, page, js, bases) -> tuple[np.ndarray, np.ndarray]:
+def _nearest_adrp_pages(ai, rd, page, js, bases
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each word index js[i] whose base register is bases[i]: whether an ADRP (of those
     at indexes ai, into registers rd, of pages `page`) into that register lies before it
-    within ADRP_LOOKBACK, and the page of the nearest such ADRP."""
+    within ADRP_LOOKBACK, the page of the nearest such ADRP, and its word index."""
     found = np.zeros(len(js), dtype=bool)
     pages = np.zeros(len(js), dtype=np.int64)
+    where = np.zeros(len(js), dtype=np.int64)
     for reg in np.unique(bases).tolist():
         mine = rd == reg
         at, their_pages = ai[mine], page[mine]
@@ -760,23 +762,30 @@ def _nearest_adrp_pages(ai, rd, page, js, bases) -> tuple[np.ndarray, np.ndarray
         ok[ok] = at[k[ok]] >= js[sel][ok] - ADRP_LOOKBACK
         found[sel[ok]] = True
         pages[sel[ok]] = their_pages[k[ok]]
-    return found, pages
+        where[sel[ok]] = at[k[ok]]
+    return found, pages, where
 
 
 def _page_refs(w, pc, ai, page, rd, is_ref, targets: set[int]) -> list[int]:
     """RVAs of the words marked is_ref (LDR Xt, [Xn, #imm12*8], or ADD Xd, Xn, #imm12) whose
     base register's nearest ADRP before them (within ADRP_LOOKBACK) makes an address in
     targets."""
+    return [rva for rva, _adrp in _page_refs_with_adrp(w, pc, ai, page, rd, is_ref, targets)]
+
+
+def _page_refs_with_adrp(w, pc, ai, page, rd, is_ref, targets: set[int]
+                         ) -> list[tuple[int, int]]:
+    """_page_refs, each with the RVA of the ADRP it was paired with."""
     ri = np.flatnonzero(is_ref)
     word = w[ri]
     scale = np.where((word & 0xFFC00000) == 0xF9400000, 8, 1)
     offset = ((word >> 10) & 0xFFF) * scale
     keep = np.isin(offset, np.array(sorted({t & 0xFFF for t in targets}), dtype=np.int64))
     js = ri[keep]
-    found, pages = _nearest_adrp_pages(ai, rd, page, js, (w[js] >> 5) & 31)
+    found, pages, adrps = _nearest_adrp_pages(ai, rd, page, js, (w[js] >> 5) & 31)
     wanted = np.array(sorted(targets), dtype=np.int64)
     match = found & np.isin(pages + offset[keep], wanted)
-    return pc[js[match]].tolist()
+    return list(zip(pc[js[match]].tolist(), pc[adrps[match]].tolist(), strict=True))
 
 
 class Arm64Backend:
@@ -799,7 +808,7 @@ class Arm64Backend:
         # IAT slots of the imports that fill pointers at run time, and references to them.
         self.resolver_slots = {slot for slot, name in image.imports.items()
                                if name in self.semantics.resolvers}
-        self._resolver_hits: list[int] = []
+        self._resolver_hits: list[tuple[int, int]] = []  # (LDR of a slot, its ADRP)
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
         self._word_arrays: list[tuple] | None = None  # see _words
@@ -843,7 +852,7 @@ class Arm64Backend:
             thunks.extend(self._find_thunks(w, is_ldr, ai, page, rd, all_slots, pc))
             if self.resolver_slots:
                 self._resolver_hits.extend(
-                    _page_refs(w, pc, ai, page, rd, is_ldr, self.resolver_slots))
+                    _page_refs_with_adrp(w, pc, ai, page, rd, is_ldr, self.resolver_slots))
             # BL / B imm26
             is_branch = ((w & 0xFC000000) == 0x94000000) | ((w & 0xFC000000) == 0x14000000)
             bi = np.flatnonzero(is_branch)
@@ -892,7 +901,7 @@ class Arm64Backend:
         li = np.flatnonzero(is_ldr)
         offset = ((w[li] >> 10) & 0xFFF) * 8
         li = li[np.isin(offset, np.unique(pool_slots & 0xFFF))]
-        found, pages = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
+        found, pages, _adrps = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
         match = found & np.isin(pages + ((w[li] >> 10) & 0xFFF) * 8, pool_slots)
         self._adrp_hits.extend(pc[li[match]].tolist())
 
@@ -920,7 +929,7 @@ class Arm64Backend:
         sem = self.semantics
         sem.modelled_thunks = {rva: name for rva, name in self._thunks.items()
                                if name in MODELLED_IMPORTS}
-        sites = list(self._resolver_hits)
+        sites = [rva for rva, adrp in self._resolver_hits if self._pairs_inside(rva, adrp)]
         sites += self.calls.callers_of_any(
             rva for rva, name in sem.modelled_thunks.items() if name in sem.resolvers)
         if not sites:
@@ -938,6 +947,20 @@ class Arm64Backend:
             for rva in self._wdf_slot_loads():
                 if self.function_of(rva) in table_users:
                     self._adrp_hits.append(rva)
+
+    def _pairs_inside(self, load: int, adrp: int) -> bool:
+        """Whether the analysis of the function holding `load` (an LDR of a resolver's IAT
+        slot, paired by the word scan with the nearest ADRP into its base register) can see
+        that ADRP give the base: not when the load is a thunk's own (`adrp x16; ldr x16;
+        br x16`: its callers are looked at instead, and the thunk's analysis sees no call),
+        nor when the ADRP lies before the .pdata function's start (the analysis starts
+        there, knowing only the arguments and sp: the pairing joined unrelated code). In the
+        ARM64 corpus these were 801 of the 1,363 functions the first pass analysed, a twentieth
+        of all scanning, and none of them called a resolver."""
+        if load - 4 in self._thunks:
+            return False
+        pdata = self.image.function_containing(load)
+        return pdata is None or adrp >= pdata[0]
 
     def _words(self) -> list[tuple]:
         """(words, their RVAs, ADRP indexes, pages, destination registers) per code section,
