@@ -98,9 +98,9 @@ def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, varia
     analysed: list[int] = []
     real_analyse = Arm64Backend.analyse
 
-    def recording(self, rva):
+    def recording(self, rva, **options):
         analysed.append(rva)
-        return real_analyse(self, rva)
+        return real_analyse(self, rva, **options)
 
     monkeypatch.setattr(Arm64Backend, "analyse", recording)
     backend = Arm64Backend(image)

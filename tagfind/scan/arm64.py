@@ -37,6 +37,7 @@ in front of branch and adrp targets. Operands are parsed so that both spellings 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 import capstone
@@ -929,14 +930,27 @@ class Arm64Backend:
         sem = self.semantics
         sem.modelled_thunks = {rva: name for rva, name in self._thunks.items()
                                if name in MODELLED_IMPORTS}
-        sites = [rva for rva, adrp in self._resolver_hits if self._pairs_inside(rva, adrp)]
-        sites += self.calls.callers_of_any(
+        resolver_thunks = frozenset(
             rva for rva, name in sem.modelled_thunks.items() if name in sem.resolvers)
+        sites = [rva for rva, adrp in self._resolver_hits if self._pairs_inside(rva, adrp)]
+        sites += self.calls.callers_of_any(resolver_thunks)
         if not sites:
             return
         functions = dict.fromkeys(f for f in map(self.function_of, sites) if f is not None)
+
+        # Only calls that can reach a resolver are read here: through a register (the IAT
+        # slot loaded), or to a resolver's thunk; and stores when lookups are modelled (a
+        # looked-up pool API kept in a global). Blocks that lead to none of them are not run.
+        def may_call_resolver(insn: Insn) -> bool:
+            mnem = insn.mnemonic
+            if mnem in ("blr", "br"):
+                return True
+            if mnem in ("bl", "b"):
+                return _imm(insn.op_str) in resolver_thunks
+            return bool(sem.modelled_calls) and mnem.startswith("st")
+
         for function in functions:
-            for event in self.analyse(function):
+            for event in self.analyse(function, observed=may_call_resolver):
                 target = sem.import_called(event.target)
                 if target == ("imp", WDF_BIND_IMPORT) and len(event.args) > 2:
                     sem.note_wdf_bind(event.args[2])
@@ -1054,7 +1068,10 @@ class Arm64Backend:
         """The ULONG at pointer + offset when the pointer is a constant into read-only data."""
         return self.semantics._field(State(), pointer, offset)
 
-    def analyse(self, function: int) -> list[CallEvent]:
+    def analyse(self, function: int,
+                observed: Callable[[Insn], bool] | None = None) -> list[CallEvent]:
+        """The calls of one function (observed: the instructions to look at, when fewer than
+        every call and jump are needed)."""
         end, fresh, has_pdata = self.regions[function]
         code = self.image.read(function, end - function)
         insns = decode(self.md, code, function)
@@ -1101,6 +1118,7 @@ class Arm64Backend:
             has_pdata and not self.image.has_exception_handler(function)) else sem.flow
         # With run-time lookups modelled, stores matter too: one may keep a looked-up pool
         # API in a global (a side effect of the transfer that later analyses read).
-        observed = _observed_or_store if sem.modelled_calls else _OBSERVED
+        if observed is None:
+            observed = _observed_or_store if sem.modelled_calls else _OBSERVED
         converged, events = run(insns, entry, sem.transfer, flow, orphan, observe, observed)
         return events if converged else without_args(events)
