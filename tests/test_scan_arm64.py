@@ -79,10 +79,11 @@ def test_kmdf_wdf_functions_lies_past_the_raw_data(built, variant):
 @pytest.mark.parametrize("variant", SPEC.variants)
 def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, variant, monkeypatch):
     """AsmFieldAtSlotOffset reads a field at WdfVersionBind's IAT slot offset through x21,
-    whose nearest ADRP before it is AsmImportPage's (the function before). The first pass
-    (the functions that may call a resolver) leaves it out, and the import thunk too; the
-    function's analysis finds no resolver call, and the driver's bind call is still followed
-    (through the thunk, from DriverEntry)."""
+    whose nearest ADRP before it is AsmImportPage's (the function before); AsmSlotThenField
+    reads at that offset through x8, whose ADRP's page the next instruction replaced. The
+    first pass (the functions that may call a resolver) leaves both out, and the import thunk
+    too; their analyses find no resolver call, and the driver's bind call is still followed
+    (through the thunk, from DriverEntry; through the IAT at -Os)."""
     path, _ = built("kmdf", variant)
     transfers = Transfers(str(path))
     (slot,) = [rva for rva, name in transfers.slots.items() if name == "WdfVersionBind"]
@@ -115,6 +116,22 @@ def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, varia
     events = real_analyse(backend, function)
     assert not any(backend.semantics.import_called(e.target) == ("imp", "WdfVersionBind")
                    for e in events)
+
+    # AsmSlotThenField: `adrp x8, page; ldr x8, [x8, #unbind]; ldr x0, [x8, #bind]`. The
+    # scan pairs the last load with the ADRP, whose page the next instruction replaced.
+    (unbind,) = [rva for rva, name in transfers.slots.items() if name == "WdfVersionUnbind"]
+    assert unbind & ~0xFFF == slot & ~0xFFF  # one IAT page
+    seq = [(addr, transfers.insns[i + 1][0], transfers.insns[i + 2][0])
+           for i, (addr, mnem, ops) in enumerate(transfers.insns[:-2])
+           if mnem == "adrp" and ops.startswith("x8,")
+           and transfers.insns[i + 1][1:] == ("ldr", f"x8, [x8, #{unbind & 0xFFF:#x}]")
+           and transfers.insns[i + 2][1:] == ("ldr", f"x0, [x8, #{slot & 0xFFF:#x}]")]
+    ((adrp, _, replaced_load),) = seq
+    assert (replaced_load, adrp) in backend._resolver_hits
+    other = backend.function_of(replaced_load)
+    assert other not in analysed
+    assert not any(backend.semantics.import_called(e.target) == ("imp", "WdfVersionBind")
+                   for e in real_analyse(backend, other))
 
 
 # -- operand spellings of capstone 5 and 6 --------------------------------------------------------
