@@ -13,6 +13,9 @@ they run whichever capstone is installed.
 
 from __future__ import annotations
 
+import struct
+from types import SimpleNamespace
+
 import archsuite
 import pefile
 import pytest
@@ -20,7 +23,7 @@ from fixtures import build as fixture_build
 from fixtures.archcheck import Transfers
 
 from tagfind.pe import PEImage
-from tagfind.scan.arm64 import Arm64Backend, Arm64Semantics, make_decoder
+from tagfind.scan.arm64 import Arm64Backend, Arm64Semantics, decode, make_decoder
 from tagfind.scan.dataflow import Insn
 
 ARCH = "arm64"
@@ -132,6 +135,32 @@ def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, varia
     assert other not in analysed
     assert not any(backend.semantics.import_called(e.target) == ("imp", "WdfVersionBind")
                    for e in real_analyse(backend, other))
+
+
+@pytest.mark.parametrize(("second", "text", "replaced"), [
+    (0xF9400908, "ldr x8, [x8, #0x10]", True),  # another import's pointer loaded over the page
+    (0xD2800028, "mov x8, #1", True),
+    (0x91000108, "add x8, x8, #0", False),  # MSVC's register move: the page stays in x8
+    (0xAA0803E8, "mov x8, x8", False),
+    (0x91000109, "add x9, x8, #0", False),  # copied, not replaced
+])
+def test_adrp_page_replaced_by_the_next_instruction(second, text, replaced):
+    """The first pass's rule for a pairing with an ADRP: the instruction right after it must
+    replace the page with something not made from it (words as the encoder writes them,
+    `adrp x8, #0x3000` at 0x1000 first)."""
+    code = struct.pack("<II", 0xD0000008, second)
+
+    class Image:
+        @staticmethod
+        def read(rva, size):
+            return code[rva - 0x1000:rva - 0x1000 + size]
+
+    md = make_decoder()
+    assert [f"{i.mnemonic} {i.op_str}" for i in decode(md, code, 0x1000)] == [
+        "adrp x8, #0x3000" if "#" in decode(md, code[:4], 0x1000)[0].op_str
+        else "adrp x8, 0x3000", text]
+    backend = SimpleNamespace(md=md, image=Image())
+    assert Arm64Backend._replaces_adrp_register(backend, 0x1000) is replaced
 
 
 # -- operand spellings of capstone 5 and 6 --------------------------------------------------------
