@@ -23,6 +23,7 @@ from fixtures import build as fixture_build
 from fixtures.archcheck import Transfers
 
 from tagfind.pe import PEImage
+from tagfind.scan import arm64, scan_file
 from tagfind.scan.arm64 import Arm64Backend, Arm64Semantics, decode, make_decoder
 from tagfind.scan.dataflow import Insn
 
@@ -135,6 +136,39 @@ def test_first_pass_skips_a_load_paired_with_another_functions_adrp(built, varia
     assert other not in analysed
     assert not any(backend.semantics.import_called(e.target) == ("imp", "WdfVersionBind")
                    for e in real_analyse(backend, other))
+
+
+@pytest.mark.parametrize("variant", SPEC.variants)
+def test_pool_slot_offset_loads_that_pairing_cannot_explain(built, variant):
+    """AsmPoolFieldAtSlotOffset and AsmSlotThenPoolField read at ExAllocatePoolWithTag's IAT
+    slot offset through a register whose nearest ADRP of the IAT page is in the function
+    before, or was replaced at once: the word scan pairs them, but neither function is a
+    candidate, and their analyses find no pool call."""
+    path, _ = built("main", variant)
+    transfers = Transfers(str(path))
+    slots = {name: rva for rva, name in transfers.slots.items()}
+    pool, other = slots["ExAllocatePoolWithTag"], slots["DbgPrint"]
+    assert pool & ~0xFFF == other & ~0xFFF  # one IAT page
+    insns = transfers.insns
+    field = f"x0, [x21, #{pool & 0xFFF:#x}]"
+    (cross,) = [addr for addr, mnem, ops in insns if (mnem, ops) == ("ldr", field)]
+    (replaced,) = [insns[i + 2][0] for i in range(len(insns) - 2)
+                   if insns[i][1] == "adrp" and insns[i][2].startswith("x8,")
+                   and insns[i + 1][1:] == ("ldr", f"x8, [x8, #{other & 0xFFF:#x}]")
+                   and insns[i + 2][1:] == ("ldr", f"x0, [x8, #{pool & 0xFFF:#x}]")]
+    image = PEImage(str(path))
+    backend = Arm64Backend(image)
+    raw = []  # what the word scan pairs, before the pairings that cannot hold are dropped
+    for w, pc, ai, page, rd in backend._words():
+        raw += arm64._page_refs(w, pc, ai, page, rd, (w & 0xFFC00000) == 0xF9400000, {pool})
+    assert cross in raw and replaced in raw
+    candidates = set(backend.candidate_functions())
+    for load in (cross, replaced):
+        function = backend.function_of(load)
+        assert function not in candidates
+        assert not [e for e in backend.analyse(function)
+                    if e.target == ("imp", "ExAllocatePoolWithTag")]
+    assert {site.api for site in scan_file(str(path)).sites} >= {"ExAllocatePoolWithTag"}
 
 
 @pytest.mark.parametrize(("second", "text", "replaced"), [

@@ -906,13 +906,19 @@ class Arm64Backend:
     def _adrp_candidates(self, w, is_ldr, ai, page, rd, pool_slots, pc) -> None:
         """LDRs whose offset is a pool slot's offset in its page, where the nearest ADRP before
         them into the LDR's base register (within ADRP_LOOKBACK: compilers hoist the ADRP
-        and share it between loads, so the distance is not fixed) is of that page."""
+        and share it between loads, so the distance is not fixed) is of that page, and the
+        pairing can hold (_pairing_can_hold: in the ARM64 corpus, 917 of the 8,973 functions
+        the analysis reached were candidates only through pairings that cannot, and none of
+        them calls a pool API)."""
         li = np.flatnonzero(is_ldr)
         offset = ((w[li] >> 10) & 0xFFF) * 8
         li = li[np.isin(offset, np.unique(pool_slots & 0xFFF))]
-        found, pages, _adrps = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
+        found, pages, adrps = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
         match = found & np.isin(pages + ((w[li] >> 10) & 0xFFF) * 8, pool_slots)
-        self._adrp_hits.extend(pc[li[match]].tolist())
+        self._adrp_hits.extend(
+            load for load, adrp in zip(pc[li[match]].tolist(), pc[adrps[match]].tolist(),
+                                       strict=True)
+            if self._pairing_can_hold(load, adrp))
 
     @staticmethod
     def _find_thunks(w, is_ldr, ai, page, rd, all_slots, pc) -> list[tuple[int, int]]:
@@ -971,18 +977,21 @@ class Arm64Backend:
                     self._adrp_hits.append(rva)
 
     def _pairs_inside(self, load: int, adrp: int) -> bool:
-        """Whether the analysis of the function holding `load` (an LDR of a resolver's IAT
-        slot, paired by the word scan with the nearest ADRP into its base register) can see
-        that ADRP give the base. Not when the load is a thunk's own (`adrp x16; ldr x16;
-        br x16`: its callers are looked at instead, and the thunk's analysis sees no call);
-        nor when the ADRP lies before the .pdata function's start (the analysis starts
-        there, knowing only the arguments and sp: the pairing joined unrelated code); nor
-        when the instruction right after the ADRP replaces its register (`adrp x8, page;
-        ldr x8, [x8, #slot]` of another import: the page reaches nothing past it, on any
-        path). In the ARM64 corpus these left out 1,040 of the 1,363 functions the first pass
-        analysed, none of which called a resolver (164 of the other 323 do)."""
-        if load - 4 in self._thunks:
-            return False
+        """Whether a resolver's slot load makes its function one the first pass analyses:
+        not a thunk's own (`adrp x16; ldr x16; br x16`: its callers are looked at instead,
+        and the thunk's analysis sees no call), nor one whose pairing cannot hold. In the
+        ARM64 corpus this left out 1,040 of the 1,363 functions the first pass analysed, none
+        of which called a resolver (164 of the other 323 do)."""
+        return load - 4 not in self._thunks and self._pairing_can_hold(load, adrp)
+
+    def _pairing_can_hold(self, load: int, adrp: int) -> bool:
+        """Whether the analysis of the function holding `load` (an LDR of an IAT slot, paired
+        by the word scan with the nearest ADRP into its base register) can see that ADRP
+        give the base. Not when the ADRP lies before the .pdata function's start (the
+        analysis starts there, knowing only the arguments and sp: the pairing joined
+        unrelated code), nor when the instruction right after the ADRP replaces its register
+        (`adrp x8, page; ldr x8, [x8, #slot]` of another import: the page reaches nothing
+        past it, on any path)."""
         pdata = self.image.function_containing(load)
         if pdata is not None and adrp < pdata[0]:
             return False
