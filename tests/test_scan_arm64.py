@@ -179,9 +179,9 @@ def test_pool_slot_offset_loads_that_pairing_cannot_explain(built, variant):
     (0x91000109, "add x9, x8, #0", False),  # copied, not replaced
 ])
 def test_adrp_page_replaced_by_the_next_instruction(second, text, replaced):
-    """The first pass's rule for a pairing with an ADRP: the instruction right after it must
-    replace the page with something not made from it (words as the encoder writes them,
-    `adrp x8, #0x3000` at 0x1000 first)."""
+    """When a slot load's pairing with an ADRP cannot hold because of what follows the ADRP:
+    the instruction right after it replaces the page with something not made from it (words
+    as the encoder writes them, `adrp x8, #0x3000` at 0x1000 first)."""
     code = struct.pack("<II", 0xD0000008, second)
 
     class Image:
