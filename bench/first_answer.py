@@ -6,8 +6,8 @@ single-process capstone linear sweep of the same files, measured in the same run
 The sweep (bench/_sweep.py, as in bench/speed.py) decodes every instruction of every
 executable section (disasm_lite, skipdata) and analyses nothing. Then the index of DIR is
 built once (the reference), N tags proven there are picked (a fixed spread over how many
-files may hold them), and for each tag a fresh index is
-asked: the time until its answer is on stdout, after which the process is interrupted (SIGINT,
+files may hold them), and for each tag a fresh index is asked: the time until its answer is
+on stdout, after which the process is interrupted (SIGINT,
 exit 130 expected: the index must stay consistent). The answer must equal the reference's
 answer for the same tag (stdout and exit code, also with --json and -v); a run that answers
 only after finishing the index shows as such (the answer comes with the exit).

@@ -946,7 +946,7 @@ class Arm64Backend:
                                if name in MODELLED_IMPORTS}
         resolver_thunks = frozenset(
             rva for rva, name in sem.modelled_thunks.items() if name in sem.resolvers)
-        sites = [rva for rva, adrp in self._resolver_hits if self._pairs_inside(rva, adrp)]
+        sites = [rva for rva, adrp in self._resolver_hits if self._first_pass_load(rva, adrp)]
         sites += self.calls.callers_of_any(resolver_thunks)
         if not sites:
             return
@@ -976,12 +976,12 @@ class Arm64Backend:
                 if self.function_of(rva) in table_users:
                     self._adrp_hits.append(rva)
 
-    def _pairs_inside(self, load: int, adrp: int) -> bool:
-        """Whether a resolver's slot load makes its function one the first pass analyses:
-        not a thunk's own (`adrp x16; ldr x16; br x16`: its callers are looked at instead,
-        and the thunk's analysis sees no call), nor one whose pairing cannot hold. In the
-        ARM64 corpus this left out 1,040 of the 1,363 functions the first pass analysed, none
-        of which called a resolver (164 of the other 323 do)."""
+    def _first_pass_load(self, load: int, adrp: int) -> bool:
+        """Whether a resolver's slot load (paired with `adrp`) makes its function one the first
+        pass analyses: not a thunk's own (`adrp x16; ldr x16; br x16`: its callers are looked
+        at instead, and the thunk's analysis sees no call), nor one whose pairing cannot hold.
+        In the ARM64 corpus this left out 1,040 of the 1,363 functions the first pass
+        analysed, none of which called a resolver (164 of the other 323 do)."""
         return load - 4 not in self._thunks and self._pairing_can_hold(load, adrp)
 
     def _pairing_can_hold(self, load: int, adrp: int) -> bool:
