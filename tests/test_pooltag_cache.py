@@ -1,6 +1,7 @@
 """pooltag.txt lines kept in the index (pooltag_cache.py, index/pooltag_lines.py): a query's
 facts equal a fresh parse of the files as they are, for any tags; a file that changed (even
-to the same size) is parsed again; a file modified just now is not stored."""
+to the same size) is parsed again; a file modified just now is not stored; a query that
+misses leaves the storing to the index's close."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def test_cached_lines_equal_a_fresh_parse(index, tmp_path, name):
                 cached = read_file_cached(path, tags, cache)
                 assert entries(cached) == entries(fresh), tags
                 assert cached.skipped == fresh.skipped, tags
+                cache.flush()
     stored = {p for (p,) in index.conn.execute("SELECT path FROM pooltag_files")}
     assert stored == {str(p) for p in files}
 
@@ -98,7 +100,38 @@ def test_a_file_modified_just_now_is_not_stored(index, tmp_path):
     db = pooltag.load_db([str(path)], only_tags=["Abcd"], cache=cache)
     assert db.lookup("Abcd")[0].binaries == ("first.sys",)
     stored = "SELECT count(*) FROM pooltag_files WHERE path = ?"
+    cache.flush()
     assert index.conn.execute(stored, (str(path),)).fetchone()[0] == 0
     old(path)
     pooltag.load_db([str(path)], only_tags=["Abcd"], cache=cache)
+    cache.flush()
     assert index.conn.execute(stored, (str(path),)).fetchone()[0] == 1
+
+
+def stored_files(path: Path) -> set[str]:
+    with Index(path) as idx:
+        return {p for (p,) in idx.conn.execute("SELECT path FROM pooltag_files")}
+
+
+def test_a_miss_is_stored_when_the_index_closes_not_before(tmp_path):
+    """The query that misses answers from the lines of its own tags; the whole file is parsed
+    and stored when the index closes (after the answer), and not when it closes on an error."""
+    path = tmp_path / "pooltag.txt"
+    path.write_text("Abcd - first.sys - one\nEfgh - second.sys - two\n")
+    old(path)
+    ix = tmp_path / "ix.sqlite3"
+    with Index(ix) as idx:
+        db = pooltag.load_db([str(path)], only_tags=["Abcd"], cache=idx.pooltag_lines())
+        assert db.lookup("Abcd")[0].binaries == ("first.sys",)
+        assert idx.conn.execute("SELECT count(*) FROM pooltag_files").fetchone()[0] == 0
+    assert str(path) in stored_files(ix)
+    with Index(ix) as idx:  # every line was stored, not only the queried tag's
+        db = pooltag.load_db([str(path)], only_tags=["Efgh"], cache=idx.pooltag_lines())
+        assert db.lookup("Efgh")[0].binaries == ("second.sys",)
+        assert idx.pooltag_lines().pending == {}
+
+    other = tmp_path / "other.sqlite3"
+    with pytest.raises(KeyboardInterrupt), Index(other) as idx:
+        pooltag.load_db([str(path)], only_tags=["Abcd"], cache=idx.pooltag_lines())
+        raise KeyboardInterrupt
+    assert str(path) not in stored_files(other)

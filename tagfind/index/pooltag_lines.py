@@ -6,14 +6,15 @@ Tables (schema 5, db.py): `pooltag_files` (path, stamp, stored_at) and `pooltag_
 key, number, raw, and the entry's fields; kind 'skip' for a line that is no entry). At most
 CACHED_FILES files are kept, the least recently stored dropped first. Storing is best effort,
 as for byte matches (bytehits.py): it never waits long for another writer and is skipped on a
-read-only or full index.
+read-only or full index. It is put off until `flush` (the Index calls it when it is closed):
+the query that missed has answered by then.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .db import BUSY_TIMEOUT_MS, _write
 
@@ -31,6 +32,7 @@ class PoolTagLines:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.pending: dict[str, tuple[str, Callable[[], list]]] = {}  # path -> (stamp, lines)
 
     def lines(self, path: str, stamp: str, keys: Sequence[str]) -> list | None:
         row = self.conn.execute(
@@ -46,7 +48,19 @@ class PoolTagLines:
             for key, number, raw, kind, pattern, binary_field, binaries, description in cur
         ]
 
-    def store(self, path: str, stamp: str, lines: list) -> None:
+    def store(self, path: str, stamp: str, lines: Callable[[], list]) -> None:
+        self.pending[path] = (stamp, lines)
+
+    def flush(self) -> None:
+        """Store what `store` was given."""
+        pending, self.pending = self.pending, {}
+        for path, (stamp, lines) in pending.items():
+            try:
+                self._store(path, stamp, lines())
+            except sqlite3.Error:
+                return  # a cache: the next query that misses tries again
+
+    def _store(self, path: str, stamp: str, lines: list) -> None:
         rows = [
             (path, key, number, raw, "skip" if fields is None else "entry",
              *((None, None, None, None) if fields is None

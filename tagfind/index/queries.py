@@ -75,7 +75,20 @@ class Index(Database):
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self._last_refresh: tuple | None = None  # (files, jobs, timeout, progress)
         self._unconfirmed: set[str] = set()  # paths the last refresh could not read or scan
+        self._pooltag_lines: PoolTagLines | None = None
         super().__init__(path)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self._pooltag_lines is not None:
+            self._pooltag_lines.pending.clear()  # a cache: not worth delaying an error for
+        super().__exit__(exc_type, exc, tb)
+
+    def close(self) -> None:
+        """Store the pooltag lines put off until now (pooltag_lines.py), then close."""
+        if self._pooltag_lines is not None and self._conn is not None:
+            self._pooltag_lines.conn = self._conn  # a rebuild after damage reconnects
+            self._pooltag_lines.flush()
+        super().close()
 
     # --- refresh ------------------------------------------------------------------------
 
@@ -172,10 +185,14 @@ class Index(Database):
         return byte_matches(self.conn, tag, set(exclude), self._unconfirmed)
 
     def pooltag_lines(self) -> PoolTagLines:
-        """The store of parsed pooltag.txt lines (pooltag_cache.LineCache) in this index."""
-        from .pooltag_lines import PoolTagLines
+        """The store of parsed pooltag.txt lines (pooltag_cache.LineCache) in this index; what
+        it is given to store is stored when the index is closed."""
+        if self._pooltag_lines is None:
+            from .pooltag_lines import PoolTagLines
 
-        return PoolTagLines(self.conn)
+            self._pooltag_lines = PoolTagLines(self.conn)
+        self._pooltag_lines.conn = self.conn
+        return self._pooltag_lines
 
     @_guarded
     def runtime_tag_sites(self, files: Sequence[str] | None = None) -> list[SiteRow]:
