@@ -32,7 +32,8 @@ class PoolTagLines:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        self.pending: dict[str, tuple[str, Callable[[], list]]] = {}  # path -> (stamp, lines)
+        # What `store` was given and `flush` has not stored yet: path -> (stamp, lines).
+        self.pending: dict[str, tuple[str, Callable[[], list]]] = {}
 
     def lines(self, path: str, stamp: str, keys: Sequence[str]) -> list | None:
         row = self.conn.execute(
@@ -59,6 +60,11 @@ class PoolTagLines:
                 self._store(path, stamp, lines())
             except sqlite3.Error:
                 return  # a cache: the next query that misses tries again
+
+    def discard(self) -> None:
+        """Forget what `store` was given (the index closes on an error: not worth waiting
+        for)."""
+        self.pending.clear()
 
     def _store(self, path: str, stamp: str, lines: list) -> None:
         rows = [

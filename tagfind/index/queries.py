@@ -80,7 +80,7 @@ class Index(Database):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self._pooltag_lines is not None:
-            self._pooltag_lines.pending.clear()  # a cache: not worth delaying an error for
+            self._pooltag_lines.discard()
         super().__exit__(exc_type, exc, tb)
 
     def close(self) -> None:
