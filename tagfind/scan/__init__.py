@@ -13,7 +13,7 @@ from ..pe import PEError, PEImage
 from .finder import SiteFinder
 from .model import ScanResult, Site, evidence_for
 
-SCANNER_VERSION = 7  # bump when results for the same file may change: invalidates the index
+SCANNER_VERSION = 8  # bump when results for the same file may change: invalidates the index
 
 __all__ = ["SCANNER_VERSION", "ScanResult", "Site", "evidence_for", "scan_file", "scan_image"]
 

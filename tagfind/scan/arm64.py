@@ -69,7 +69,7 @@ from .dataflow import (
     jump_table_flow,
     run,
 )
-from .finder import CallEvent
+from .finder import CallEvent, DirectCalls
 from .frames import (
     CallIndex,
     FrameLayout,
@@ -680,6 +680,29 @@ def _observed_or_store(insn: Insn) -> bool:
     return insn.mnemonic in _OBSERVED or insn.mnemonic.startswith("st")
 
 
+def _observed(calls: DirectCalls | None, lo: int, hi: int, stores: bool
+              ) -> Callable[[Insn], bool] | frozenset[str]:
+    """What the observer of the function [lo, hi) looks at: calls and branches out of it,
+    stores too when they can keep a looked-up pool API. With `calls`, a direct `bl` or `b`
+    out of it only when `calls` observes its target, and a `b` inside it never (the
+    observer ignores it)."""
+    if calls is None:
+        return _observed_or_store if stores else _OBSERVED
+
+    def observed(insn: Insn) -> bool:
+        mnem = insn.mnemonic
+        if mnem == "bl" or mnem == "b":
+            target = _imm(insn.op_str)
+            if target is None:
+                return True
+            if mnem == "b" and lo <= target < hi:
+                return False
+            return calls.observes(target)
+        return mnem in _OBSERVED or (stores and mnem.startswith("st"))
+
+    return observed
+
+
 def _is_table_jump(prev: Insn, insn: Insn) -> bool:
     """`add xN, ...; br xN`: MSVC's switch dispatch (the case's offset added to the table)."""
     return (insn.mnemonic == "br" and prev.mnemonic == "add"
@@ -1108,10 +1131,11 @@ class Arm64Backend:
         """The ULONG at pointer + offset when the pointer is a constant into read-only data."""
         return self.semantics._field(State(), pointer, offset)
 
-    def analyse(self, function: int,
+    def analyse(self, function: int, calls: DirectCalls | None = None,
                 observed: Callable[[Insn], bool] | None = None) -> list[CallEvent]:
-        """The calls of one function (observed: the instructions to look at, when fewer than
-        every call and jump are needed)."""
+        """The calls of one function (calls: which direct calls to observe, see DirectCalls;
+        observed: the instructions to look at, when fewer than every call and jump are
+        needed)."""
         end, fresh, has_pdata = self.regions[function]
         code = self.image.read(function, end - function)
         insns = decode(self.md, code, function)
@@ -1159,6 +1183,6 @@ class Arm64Backend:
         # With run-time lookups modelled, stores matter too: one may keep a looked-up pool
         # API in a global (a side effect of the transfer that later analyses read).
         if observed is None:
-            observed = _observed_or_store if sem.modelled_calls else _OBSERVED
+            observed = _observed(calls, lo, hi, sem.modelled_calls)
         converged, events = run(insns, entry, sem.transfer, flow, orphan, observe, observed)
         return events if converged else without_args(events)

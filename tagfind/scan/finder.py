@@ -57,11 +57,38 @@ class Wrapper:
     callback: bool = False
 
 
+class DirectCalls:
+    """Which direct calls and jumps out of a function (`bl target`, `call target`, a tail
+    `b`/`jmp`) an analysis observes: those to `wanted`, the local targets whose calls can
+    give a site (pool-API thunks and exports, the wrappers known so far). The targets of the
+    others are collected in `passed_over`: when one of them turns out to be a wrapper, the
+    function is analysed again.
+
+    Calls through pointers are observed whatever their target, as before. Not observing a
+    call changes no value anywhere: the analysis only leaves out the blocks from which no
+    observed instruction can be reached."""
+
+    __slots__ = ("wanted", "passed_over")
+
+    def __init__(self, wanted: set[int] | frozenset[int]) -> None:
+        self.wanted = wanted  # read, never changed, during one analysis
+        self.passed_over: set[int] = set()
+
+    def observes(self, target: int) -> bool:
+        if target in self.wanted:
+            return True
+        self.passed_over.add(target)
+        return False
+
+
 class Backend(Protocol):
     def local_apis(self) -> dict[int, str]: ...
     def candidate_functions(self) -> Iterable[int]: ...
     def callers_of(self, target: int) -> Iterable[int]: ...
-    def analyse(self, function: int) -> list[CallEvent]: ...
+    def analyse(self, function: int, calls: DirectCalls | None = None) -> list[CallEvent]:
+        """The calls of one function; with `calls`, the direct calls it observes (all when
+        None)."""
+        ...
     def function_of(self, rva: int) -> int | None: ...
     def constant_field(self, pointer: int, offset: int) -> Value | None: ...
     def address_users(self, functions: set[int]) -> Iterable[int]: ...
@@ -73,6 +100,10 @@ class SiteFinder:
         self.local_apis = backend.local_apis()  # local RVA (thunk, own export) -> API
         self.events: dict[int, list[CallEvent]] = {}
         self.wrappers: dict[int, Wrapper] = {}
+        # Local targets whose direct calls are observed (DirectCalls), and for every other
+        # target the analysed functions that call it directly without observing the call.
+        self.wanted: set[int] = set(self.local_apis)
+        self.passed_over: dict[int, set[int]] = {}
         # Structure-field wrapper -> the functions that use its address (callback candidates).
         self.callback_users: dict[int, set[int]] = {}
         self.truncated = False
@@ -122,24 +153,49 @@ class SiteFinder:
             if len(self.events) >= MAX_FUNCTIONS:
                 self.truncated = True
                 break
-            self.events[function] = self.backend.analyse(function)
-        by_function: dict[int, list[CallEvent]] = {}
-        for events in self.events.values():
-            for event in events:
-                by_function.setdefault(event.function, []).append(event)
+            self._analyse(function)
         found = []
         changed = True
         while changed:  # a function may become a wrapper only once its callee is known as one
             changed = False
-            for function, events in by_function.items():
+            by_function = self._events_by_function()
+            for function in list(by_function):
                 if function in self.wrappers:
                     continue
-                wrapper = self._as_wrapper(function, events)
+                wrapper = self._as_wrapper(function, by_function.get(function, []))
                 if wrapper is not None:
                     self.wrappers[function] = wrapper
                     found.append(function)
                     changed = True
+                    if self._want(function):
+                        # The functions analysed again are judged by their new events, in
+                        # this pass already: as if their calls had been observed from the
+                        # start (which of a function's calls makes it a wrapper depends on
+                        # the wrappers known when it is judged).
+                        by_function = self._events_by_function()
         return found
+
+    def _analyse(self, function: int) -> None:
+        calls = DirectCalls(self.wanted)
+        self.events[function] = self.backend.analyse(function, calls)
+        for target in calls.passed_over:
+            self.passed_over.setdefault(target, set()).add(function)
+
+    def _want(self, wrapper: int) -> bool:
+        """Observe the direct calls of a new wrapper from now on, and analyse again the
+        functions that passed over theirs. Returns whether there were any."""
+        self.wanted.add(wrapper)
+        again = sorted(self.passed_over.pop(wrapper, ()))
+        for function in again:
+            self._analyse(function)
+        return bool(again)
+
+    def _events_by_function(self) -> dict[int, list[CallEvent]]:
+        by_function: dict[int, list[CallEvent]] = {}
+        for events in self.events.values():
+            for event in events:
+                by_function.setdefault(event.function, []).append(event)
+        return by_function
 
     def _resolve(self, event: CallEvent) -> tuple[PoolApi, Wrapper | None, int] | None:
         """(api, wrapper or None, wrapper RVA) for a call that reaches a pool API."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
 import capstone
@@ -36,7 +36,7 @@ from .dataflow import (
     members,
     one_of,
 )
-from .finder import CallEvent
+from .finder import CallEvent, DirectCalls
 from .frames import (
     CallIndex,
     FrameLayout,
@@ -591,13 +591,33 @@ def _calls_jumps_or_stores(insn: Insn) -> bool:
     return mnem in _CALLS_OR_JUMPS or (mnem in ("mov", "xchg") and "[" in insn.op_str)
 
 
-def observed_insns(sem) -> Callable[[Insn], bool] | frozenset[str]:
+def observed_insns(sem, calls: DirectCalls | None = None,
+                   spans: Sequence[tuple[int, int]] = (),
+                   called: set[int] | frozenset[int] = frozenset()
+                   ) -> Callable[[Insn], bool] | frozenset[str]:
     """The instructions dataflow.run must run for the observer: calls and jumps, and where
     the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
-    global, a side effect of the transfer that later analyses read)."""
-    if ROUTINE_LOOKUP_IMPORT in sem.resolvers:
-        return _calls_jumps_or_stores
-    return _CALLS_OR_JUMPS
+    global, a side effect of the transfer that later analyses read). With `calls`, a direct
+    call or jump out of the regions in `spans` only when `calls` observes its target, and
+    a direct jump inside them (not to an address in `called`) never: the observer ignores
+    it."""
+    stores = ROUTINE_LOOKUP_IMPORT in sem.resolvers
+    if calls is None:
+        return _calls_jumps_or_stores if stores else _CALLS_OR_JUMPS
+
+    def observed(insn: Insn) -> bool:
+        mnem = insn.mnemonic
+        if mnem == "call" or mnem == "jmp":
+            target = direct_target(insn.op_str)
+            if target is None:
+                return True
+            if mnem == "jmp" and target not in called \
+                    and any(lo <= target < hi for lo, hi in spans):
+                return False
+            return calls.observes(target)
+        return stores and mnem in ("mov", "xchg") and "[" in insn.op_str
+
+    return observed
 
 
 # --- decoding -----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ..apis import (
     structured_api,
 )
 from .dataflow import Flow, Insn, State, Value, jump_table_flow, run
-from .finder import CallEvent
+from .finder import CallEvent, DirectCalls
 from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
 from .intel import (
     MODE64,
@@ -439,7 +439,7 @@ class X64Backend(IntelBackend):
         self.regions.setdefault(start, (end, fresh, False))
         return start
 
-    def analyse(self, function: int) -> list[CallEvent]:
+    def analyse(self, function: int, calls: DirectCalls | None = None) -> list[CallEvent]:
         end, fresh, has_pdata = self.regions[function]
         parts = self.parts.get(function) or [(function, end)]
         insns: list[Insn] = []
@@ -477,7 +477,7 @@ class X64Backend(IntelBackend):
         if has_pdata and not self.image.has_exception_handler(function):
             flow = jump_table_flow(insns, flow, _is_table_jump, "jmp")
         converged, events = run(insns, entry, sem.transfer, flow, orphan, observe,
-                                observed_insns(sem))
+                                observed_insns(sem, calls, spans, called))
         addresses = [insn.address for insn in insns]
         starts = sorted({_skip_padding(insns, a, addresses) for a in entries})
         out = []

@@ -70,7 +70,7 @@ from ..apis import (
     structured_api,
 )
 from .dataflow import Insn, State, Value, run
-from .finder import CallEvent
+from .finder import CallEvent, DirectCalls
 from .frames import (
     CallIndex,
     FrameLayout,
@@ -756,17 +756,18 @@ class X86Backend(IntelBackend):
         self.regions.setdefault(start, (max(end, rva + 1), fresh))
         return start
 
-    def analyse(self, function: int) -> list[CallEvent]:
+    def analyse(self, function: int, calls: DirectCalls | None = None) -> list[CallEvent]:
         end, fresh = self.regions[function]
         code = self.image.read(function, end - function)
         insns = decode(self.md, code, function)
         sem = self.semantics
-        observe = self._observer(function, [(function, function + len(code))])
+        spans = [(function, function + len(code))]
+        observe = self._observer(function, spans)
         entry = sem.entry_state() if fresh else sem.unknown_state()
         # A block no edge reaches is a switch case (jump table) or a function we did not find:
         # either way nothing is known there, but pushes before a call still resolve (epochs).
         converged, events = run(insns, entry, sem.transfer, sem.flow, lambda _address: State(),
-                                observe, observed_insns(sem))
+                                observe, observed_insns(sem, calls, spans))
         return events if converged else without_args(events)
 
 
