@@ -37,7 +37,6 @@ in front of branch and adrp targets. Operands are parsed so that both spellings 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from functools import lru_cache
 
 import capstone
@@ -63,6 +62,7 @@ from .dataflow import (
     INDIRECT,
     Flow,
     Insn,
+    Observed,
     State,
     Value,
     join,
@@ -676,18 +676,17 @@ _WHOLE_WRITES = frozenset({
     "mov", "movz", "add", "sub", "orr", "eor", "and", "adrp", "adr"})
 
 
-def _observed_or_store(insn: Insn) -> bool:
-    return insn.mnemonic in _OBSERVED or insn.mnemonic.startswith("st")
+_OBSERVED_OR_STORE = Observed(lambda mnem: mnem in _OBSERVED or mnem.startswith("st"))
 
 
 def _observed(calls: DirectCalls | None, lo: int, hi: int, stores: bool
-              ) -> Callable[[Insn], bool] | frozenset[str]:
+              ) -> Observed | frozenset[str]:
     """What the observer of the function [lo, hi) looks at: calls and branches out of it,
     stores too when they can keep a looked-up pool API. With `calls`, a direct `bl` or `b`
     out of it only when `calls` observes its target, and a `b` inside it never (the
     observer ignores it)."""
     if calls is None:
-        return _observed_or_store if stores else _OBSERVED
+        return _OBSERVED_OR_STORE if stores else _OBSERVED
 
     def observed(insn: Insn) -> bool:
         mnem = insn.mnemonic
@@ -698,9 +697,10 @@ def _observed(calls: DirectCalls | None, lo: int, hi: int, stores: bool
             if mnem == "b" and lo <= target < hi:
                 return False
             return calls.observes(target)
-        return mnem in _OBSERVED or (stores and mnem.startswith("st"))
+        return True
 
-    return observed
+    return Observed(_OBSERVED_OR_STORE.mnemonics if stores else _OBSERVED.__contains__,
+                    observed)
 
 
 def _is_table_jump(prev: Insn, insn: Insn) -> bool:
@@ -978,14 +978,12 @@ class Arm64Backend:
         # Only calls that can reach a resolver are read here: through a register (the IAT
         # slot loaded), or to a resolver's thunk; and stores when lookups are modelled (a
         # looked-up pool API kept in a global). Blocks that lead to none of them are not run.
-        def may_call_resolver(insn: Insn) -> bool:
-            mnem = insn.mnemonic
-            if mnem in ("blr", "br"):
-                return True
-            if mnem in ("bl", "b"):
-                return _imm(insn.op_str) in resolver_thunks
-            return bool(sem.modelled_calls) and mnem.startswith("st")
+        def to_resolver(insn: Insn) -> bool:
+            return insn.mnemonic not in ("bl", "b") or _imm(insn.op_str) in resolver_thunks
 
+        stores = bool(sem.modelled_calls)
+        may_call_resolver = Observed(
+            lambda mnem: mnem in _OBSERVED or stores and mnem.startswith("st"), to_resolver)
         for function in functions:
             for event in self.analyse(function, observed=may_call_resolver):
                 target = sem.import_called(event.target)
@@ -1132,7 +1130,7 @@ class Arm64Backend:
         return self.semantics._field(State(), pointer, offset)
 
     def analyse(self, function: int, calls: DirectCalls | None = None,
-                observed: Callable[[Insn], bool] | None = None) -> list[CallEvent]:
+                observed: Observed | None = None) -> list[CallEvent]:
         """The calls of one function (calls: which direct calls to observe, see DirectCalls;
         observed: the instructions to look at, when fewer than every call and jump are
         needed)."""

@@ -12,8 +12,8 @@ of a set at a call is carried there by some path, and nothing that no path carri
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
@@ -150,14 +150,22 @@ class Insn(NamedTuple):
         return self.address + self.size
 
 
-@dataclass(frozen=True)
-class Flow:
+class Flow(NamedTuple):
     """How control leaves an instruction: `targets` are branch targets inside the function,
-    `falls_through` whether the next instruction follows."""
+    `falls_through` whether the next instruction follows. (A tuple: one is made for every
+    branch of every analysed function, at a third of a frozen dataclass's cost.)"""
 
     targets: tuple[int, ...] = ()
     falls_through: bool = True
     indirect: bool = False  # a jump through a register inside the function (a jump table)
+
+
+class Observed(NamedTuple):
+    """Which instructions run() hands to the observer: those whose mnemonic `mnemonics`
+    accepts (asked once per mnemonic), and of them those `insn` accepts (all when None)."""
+
+    mnemonics: Callable[[str], bool]
+    insn: Callable[[Insn], bool] | None = None
 
 
 Transfer = Callable[[State, Insn], None]
@@ -190,13 +198,13 @@ def run(
     flow_of: FlowOf,
     orphan_state: Callable[[int], State],
     observe: Observe,
-    observed: Callable[[Insn], bool] | frozenset[str],
+    observed: Observed | Callable[[Insn], bool] | frozenset[str],
     max_rounds: int = 40,
 ) -> tuple[bool, list[Any]]:
     """Iterate states to a fixpoint over the function's blocks and return what observe(state,
-    insn) says (when not None) at each instruction that observed(insn) selects (or whose
-    mnemonic is in observed, a set), with the
-    states of the fixpoint, in address order. Blocks no edge reaches start from
+    insn) says (when not None) at each instruction that `observed` selects (an Observed; a
+    set of mnemonics; or a predicate asked of every instruction), with the states of the
+    fixpoint, in address order. Blocks no edge reaches start from
     orphan_state(address of the block).
 
     Each block's observations are taken while it runs, and kept from its last run: at the
@@ -208,41 +216,37 @@ def run(
     values may then be wrong and must not be trusted."""
     if not insns:
         return True, []
-    index_of = {insn.address: i for i, insn in enumerate(insns)}
+    n = len(insns)
+    mnemonics = [insn[2] for insn in insns]
+    index_of = dict(zip([insn[0] for insn in insns], range(n), strict=True))
     # Whether an instruction just falls through depends on its mnemonic alone (no backend's
-    # flow_of returns FALL_THROUGH for a branch), so flow_of is asked once per such mnemonic.
-    plain: set[str] = set()
-    flows = []
-    for insn in insns:
-        if insn.mnemonic in plain:
-            flows.append(FALL_THROUGH)
-            continue
-        flow = flow_of(insn)
-        if flow is FALL_THROUGH:
-            plain.add(insn.mnemonic)
-        flows.append(flow)
+    # flow_of returns FALL_THROUGH for a branch), so flow_of is asked once per mnemonic (of
+    # one instruction that has it), then for each instruction of the other mnemonics.
+    one_of_each = dict(zip(mnemonics, insns, strict=True))
+    branching = {m for m, insn in one_of_each.items() if flow_of(insn) is not FALL_THROUGH}
+    flows = {i: flow_of(insns[i]) for i, m in enumerate(mnemonics) if m in branching}
     leaders = {0}
-    for i, flow in enumerate(flows):
-        if flow is not FALL_THROUGH:
-            for target in flow.targets:
-                j = index_of.get(target)
-                if j is not None:
-                    leaders.add(j)
-            if flow.targets or not flow.falls_through:
-                leaders.add(i + 1)
-    starts = sorted(j for j in leaders if j < len(insns))
-    blocks = [(s, e) for s, e in zip(starts, [*starts[1:], len(insns)], strict=True)]
+    for i, flow in flows.items():
+        for target in flow.targets:
+            j = index_of.get(target)
+            if j is not None:
+                leaders.add(j)
+        if flow.targets or not flow.falls_through:
+            leaders.add(i + 1)
+    starts = sorted(j for j in leaders if j < n)
+    blocks = [(s, e) for s, e in zip(starts, [*starts[1:], n], strict=True)]
     block_at = {s: b for b, (s, _) in enumerate(blocks)}
     succs: list[list[int]] = []
     preds_count = [0] * len(blocks)
     dispatchers: list[int] = []
     for _start, e in blocks:
         last = e - 1
-        out = [block_at[index_of[t]] for t in flows[last].targets if t in index_of]
-        if flows[last].falls_through and e < len(insns) and insns[e].address == insns[last].next:
+        flow = flows.get(last, FALL_THROUGH)
+        out = [block_at[index_of[t]] for t in flow.targets if t in index_of]
+        if flow.falls_through and e < n and insns[e].address == insns[last].next:
             out.append(block_at[e])
         succs.append(out)
-        if flows[last].indirect:
+        if flow.indirect:
             dispatchers.append(len(succs) - 1)
         for b in out:
             preds_count[b] += 1
@@ -255,26 +259,45 @@ def run(
                     succs[d].append(b)
                     preds_count[b] += 1
 
-    # Where each block's run may stop: after its last observed instruction when none of its
-    # successors leads to one, at its end when one does, and nowhere (not run) when neither.
-    if isinstance(observed, frozenset):
-        observed_at = [insn.mnemonic in observed for insn in insns]
+    # The observed instructions, by index; then where each block's run may stop: after its
+    # last observed instruction when none of its successors leads to one, at its end when
+    # one does, and nowhere (not run) when neither.
+    if isinstance(observed, Observed):
+        maybe = {m for m in one_of_each if observed.mnemonics(m)}
+        observed_at = [i for i, m in enumerate(mnemonics) if m in maybe]
+        if observed.insn is not None:
+            check = observed.insn
+            observed_at = [i for i in observed_at if check(insns[i])]
+    elif isinstance(observed, frozenset):
+        observed_at = [i for i, m in enumerate(mnemonics) if m in observed]
     else:
-        observed_at = [observed(insn) for insn in insns]
+        observed_at = [i for i, insn in enumerate(insns) if observed(insn)]
+    first_observed = []  # per block: the position in observed_at of its first observed one
     last_observed = []
     for s, e in blocks:
-        while e > s and not observed_at[e - 1]:
-            e -= 1
-        last_observed.append(e)
+        k = bisect_left(observed_at, s)
+        first_observed.append(k)
+        last = bisect_left(observed_at, e, k) - 1
+        last_observed.append(observed_at[last] + 1 if last >= k else s)
     live = [last_observed[b] > blocks[b][0] for b in range(len(blocks))]
-    changed = True
-    while changed:  # backwards reachability; few rounds, as blocks are in address order
-        changed = False
-        for b in range(len(blocks) - 1, -1, -1):
-            if not live[b] and any(live[nb] for nb in succs[b]):
-                live[b] = changed = True
-    stop = [blocks[b][1] if any(live[nb] for nb in succs[b]) else last_observed[b]
-            for b in range(len(blocks))]
+    preds: list[list[int]] = [[] for _ in blocks]
+    for b, out in enumerate(succs):
+        for nb in out:
+            preds[nb].append(b)
+    reach = [b for b in range(len(blocks)) if live[b]]  # backwards from the observed
+    while reach:
+        for pb in preds[reach.pop()]:
+            if not live[pb]:
+                live[pb] = True
+                reach.append(pb)
+    stop = []
+    for b, (_s, e) in enumerate(blocks):
+        for nb in succs[b]:
+            if live[nb]:
+                stop.append(e)
+                break
+        else:
+            stop.append(last_observed[b])
 
     states: list[State | None] = [None] * len(blocks)
     states[0] = entry
@@ -283,14 +306,23 @@ def run(
             states[b] = orphan_state(insns[blocks[b][0]].address)
     seen: list[list[Any]] = [[] for _ in blocks]
 
+    n_observed = len(observed_at)
+
     def run_block(b: int, state: State) -> None:
         notes = seen[b] = []
-        for i in range(blocks[b][0], stop[b]):
-            insn = insns[i]
-            if observed_at[i]:
-                note = observe(state, insn)
-                if note is not None:
-                    notes.append(note)
+        i, end = blocks[b][0], stop[b]
+        k = first_observed[b]
+        while k < n_observed and observed_at[k] < end:
+            at = observed_at[k]
+            for insn in insns[i:at]:
+                transfer(state, insn)
+            insn = insns[at]
+            note = observe(state, insn)
+            if note is not None:
+                notes.append(note)
+            transfer(state, insn)
+            i, k = at + 1, k + 1
+        for insn in insns[i:end]:
             transfer(state, insn)
 
     # Blocks in address order approximate reverse postorder for compiled code: taking the

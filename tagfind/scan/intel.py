@@ -30,6 +30,7 @@ from .dataflow import (
     INDIRECT,
     Flow,
     Insn,
+    Observed,
     State,
     Value,
     join,
@@ -586,15 +587,15 @@ def routine_name(image, rva: int) -> str | None:
 _CALLS_OR_JUMPS = frozenset({"call", "jmp"})
 
 
-def _calls_jumps_or_stores(insn: Insn) -> bool:
-    mnem = insn.mnemonic
-    return mnem in _CALLS_OR_JUMPS or (mnem in ("mov", "xchg") and "[" in insn.op_str)
+_CALLS_JUMPS_OR_STORES = Observed(
+    lambda mnem: mnem in _CALLS_OR_JUMPS or mnem in ("mov", "xchg"),
+    lambda insn: insn.mnemonic in _CALLS_OR_JUMPS or "[" in insn.op_str)
 
 
 def observed_insns(sem, calls: DirectCalls | None = None,
                    spans: Sequence[tuple[int, int]] = (),
                    called: set[int] | frozenset[int] = frozenset()
-                   ) -> Callable[[Insn], bool] | frozenset[str]:
+                   ) -> Observed | frozenset[str]:
     """The instructions dataflow.run must run for the observer: calls and jumps, and where
     the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
     global, a side effect of the transfer that later analyses read). With `calls`, a direct
@@ -603,7 +604,7 @@ def observed_insns(sem, calls: DirectCalls | None = None,
     it."""
     stores = ROUTINE_LOOKUP_IMPORT in sem.resolvers
     if calls is None:
-        return _calls_jumps_or_stores if stores else _CALLS_OR_JUMPS
+        return _CALLS_JUMPS_OR_STORES if stores else _CALLS_OR_JUMPS
 
     def observed(insn: Insn) -> bool:
         mnem = insn.mnemonic
@@ -615,9 +616,10 @@ def observed_insns(sem, calls: DirectCalls | None = None,
                     and any(lo <= target < hi for lo, hi in spans):
                 return False
             return calls.observes(target)
-        return stores and mnem in ("mov", "xchg") and "[" in insn.op_str
+        return "[" in insn.op_str  # a store (mov, xchg)
 
-    return observed
+    return Observed(_CALLS_JUMPS_OR_STORES.mnemonics if stores else _CALLS_OR_JUMPS.__contains__,
+                    observed)
 
 
 # --- decoding -----------------------------------------------------------------------------------
