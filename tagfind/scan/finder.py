@@ -60,9 +60,10 @@ class Wrapper:
 class DirectCalls:
     """Which direct calls and jumps out of a function (`bl target`, `call target`, a tail
     `b`/`jmp`) an analysis observes: those to `wanted`, the local targets whose calls can
-    give a site (pool-API thunks and exports, the wrappers known so far). The targets of the
-    others are collected in `passed_over`: when one of them turns out to be a wrapper, the
-    function is analysed again.
+    give a site (pool-API thunks and exports, the wrappers known so far, and the candidate
+    functions, which may become wrappers). The targets of the others are collected in
+    `passed_over`: when one of them turns out to be a wrapper, the function is analysed
+    again.
 
     Calls through pointers are observed whatever their target, as before. Not observing a
     call changes no value anywhere: the analysis only leaves out the blocks from which no
@@ -100,8 +101,9 @@ class SiteFinder:
         self.local_apis = backend.local_apis()  # local RVA (thunk, own export) -> API
         self.events: dict[int, list[CallEvent]] = {}
         self.wrappers: dict[int, Wrapper] = {}
-        # Local targets whose direct calls are observed (DirectCalls), and for every other
-        # target the analysed functions that call it directly without observing the call.
+        # Local targets whose direct calls are observed (DirectCalls; run adds the candidate
+        # functions), and for every other target the analysed functions that call it
+        # directly without observing the call.
         self.wanted: set[int] = set(self.local_apis)
         self.passed_over: dict[int, set[int]] = {}
         # Structure-field wrapper -> the functions that use its address (callback candidates).
@@ -110,6 +112,10 @@ class SiteFinder:
 
     def run(self) -> list[Site]:
         pending = list(dict.fromkeys(self.backend.candidate_functions()))
+        # A candidate (it references a pool API) is the likeliest wrapper: calls to it are
+        # observed from the start, which spares analysing their callers again (250 times on
+        # the ARM64 corpus, for the same transfers).
+        self.wanted.update(pending)
         looked_up: set[int] = set()
         for _depth in range(MAX_WRAPPER_DEPTH + 1):
             new_wrappers = self._analyse_all(pending)
