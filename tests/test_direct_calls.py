@@ -87,3 +87,43 @@ class CountingFinder(SiteFinder):
     def _analyse(self, function: int) -> None:
         self.analyses[function] = self.analyses.get(function, 0) + 1
         super()._analyse(function)
+
+
+@pytest.mark.parametrize("arch", ["x64", "x86"])
+def test_calls_through_the_iat_slot_of_an_ignored_import_are_not_observed(backend_of, arch):
+    """main.c calls DbgPrint (an import no site comes from) through its IAT slot: the
+    semantics know it from the operand alone, and the filtered analysis leaves it out; a call
+    through a pool API's slot stays observed."""
+    from tagfind.scan.dataflow import Observed
+    from tagfind.scan.intel import observed_insns
+
+    backend = backend_of(arch, "main", "O2")
+    sem = backend.semantics
+    image = backend.image
+    slot_of = {name: slot for slot, name in image.imports.items()}
+    assert slot_of["DbgPrint"] in sem.quiet_slots
+    assert slot_of["ExAllocatePoolWithTag"] not in sem.quiet_slots
+    finder = SiteFinder(backend)
+    finder.run()
+    quiet = pool = 0
+    for function in finder.events:
+        end = backend.regions[function][0]
+        insns = backend_decode(backend, function, end)
+        observed = observed_insns(sem, DirectCalls(set()), [(function, end)])
+        assert isinstance(observed, Observed)
+        for insn in insns:
+            if insn.mnemonic != "call" or "ptr" not in insn.op_str:
+                continue
+            if sem.calls_quiet_import(insn):
+                quiet += 1
+                assert not observed.insn(insn)
+            elif sem.call_target(sem.unknown_state(), insn) == ("imp", "ExAllocatePoolWithTag"):
+                pool += 1
+                assert observed.insn(insn)
+    assert quiet and pool
+
+
+def backend_decode(backend, function: int, end: int):
+    from tagfind.scan.intel import decode
+
+    return decode(backend.md, backend.image.read(function, end - function), function)

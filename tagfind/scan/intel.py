@@ -284,6 +284,25 @@ class IntelSemantics:
     def _image_address(self, rva: int) -> Value | None:
         return rva
 
+    # IAT slots of the imports the observer ignores (memset, KeAcquireSpinLock...), besides
+    # those whose calls go elsewhere (x64's CFG dispatch): set by each architecture.
+    quiet_slots: frozenset[int] = frozenset()
+
+    def calls_quiet_import(self, insn: Insn) -> bool:
+        """Whether a call or jmp through memory can only reach an import the observer ignores,
+        whatever the state: its operand addresses one of quiet_slots by itself (rip-relative,
+        or an absolute address)."""
+        parsed = parse_memory(insn.op_str, self.bits)
+        if parsed is None:
+            return False
+        width, base, disp = parsed
+        if base == "rip":
+            return insn.next + disp in self.quiet_slots
+        if base is None:
+            kind, slot, _ = self._absolute(disp, width)
+            return kind == "image" and slot in self.quiet_slots
+        return False
+
     def _call(self, state: State, insn: Insn) -> None:
         raise NotImplementedError
 
@@ -600,8 +619,9 @@ def observed_insns(sem, calls: DirectCalls | None = None,
     the semantics model run-time lookups, stores (one may keep a looked-up pool API in a
     global, a side effect of the transfer that later analyses read). With `calls`, a direct
     call or jump out of the regions in `spans` only when `calls` observes its target, and
-    a direct jump inside them (not to an address in `called`) never: the observer ignores
-    it."""
+    never a direct jump inside them (not to an address in `called`) or a call through the IAT
+    slot of an import the observer ignores (sem.calls_quiet_import): the observer returns
+    nothing there."""
     stores = ROUTINE_LOOKUP_IMPORT in sem.resolvers
     if calls is None:
         return _CALLS_JUMPS_OR_STORES if stores else _CALLS_OR_JUMPS
@@ -611,7 +631,7 @@ def observed_insns(sem, calls: DirectCalls | None = None,
         if mnem == "call" or mnem == "jmp":
             target = direct_target(insn.op_str)
             if target is None:
-                return True
+                return not sem.calls_quiet_import(insn)
             if mnem == "jmp" and target not in called \
                     and any(lo <= target < hi for lo, hi in spans):
                 return False
