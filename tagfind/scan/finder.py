@@ -2,6 +2,9 @@
 then driver-local wrappers (functions that forward one of their own arguments as the tag),
 resolved through chains by asking the backend for the callers of each new wrapper.
 
+An analysis observes a direct call only when its target can give a site (DirectCalls); a
+function that passed over a call to a target found to be a wrapper later is analysed again.
+
 A backend (one per instruction set) finds candidate functions cheaply and analyses one
 function into CallEvents; this module never decodes an instruction itself.
 """
@@ -65,8 +68,9 @@ class DirectCalls:
     `passed_over`: when one of them turns out to be a wrapper, the function is analysed
     again.
 
-    Calls through pointers are observed whatever their target, as before. Not observing a
-    call changes no value anywhere: the analysis only leaves out the blocks from which no
+    Calls through pointers are observed whatever their target (on x64/x86, except through
+    the IAT slot of an import no site comes from: intel.observed_insns). Not observing a call
+    changes no value anywhere: the analysis only leaves out the blocks from which no
     observed instruction can be reached."""
 
     __slots__ = ("wanted", "passed_over")
