@@ -37,6 +37,7 @@ in front of branch and adrp targets. Operands are parsed so that both spellings 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 import capstone
@@ -679,6 +680,11 @@ _WHOLE_WRITES = frozenset({
 _OBSERVED_OR_STORE = Observed(lambda mnem: mnem in _OBSERVED or mnem.startswith("st"))
 
 
+def _observed_mnemonics(stores: bool) -> Callable[[str], bool]:
+    """The mnemonics an observer of calls and branches looks at, stores too when `stores`."""
+    return _OBSERVED_OR_STORE.mnemonics if stores else _OBSERVED.__contains__
+
+
 def _observed(calls: DirectCalls | None, lo: int, hi: int, stores: bool
               ) -> Observed | frozenset[str]:
     """What the observer of the function [lo, hi) looks at: calls and branches out of it,
@@ -699,8 +705,7 @@ def _observed(calls: DirectCalls | None, lo: int, hi: int, stores: bool
             return calls.observes(target)
         return True
 
-    return Observed(_OBSERVED_OR_STORE.mnemonics if stores else _OBSERVED.__contains__,
-                    observed)
+    return Observed(_observed_mnemonics(stores), observed)
 
 
 def _is_table_jump(prev: Insn, insn: Insn) -> bool:
@@ -981,9 +986,7 @@ class Arm64Backend:
         def to_resolver(insn: Insn) -> bool:
             return insn.mnemonic not in ("bl", "b") or _imm(insn.op_str) in resolver_thunks
 
-        stores = bool(sem.modelled_calls)
-        may_call_resolver = Observed(
-            lambda mnem: mnem in _OBSERVED or stores and mnem.startswith("st"), to_resolver)
+        may_call_resolver = Observed(_observed_mnemonics(bool(sem.modelled_calls)), to_resolver)
         for function in functions:
             for event in self.analyse(function, observed=may_call_resolver):
                 target = sem.import_called(event.target)

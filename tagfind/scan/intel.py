@@ -258,6 +258,10 @@ class IntelSemantics:
         self.image = image
         self.base = image.image_base
         self.imports = imports  # IAT slot RVA -> API name, for loads of a pointer-sized slot
+        # IAT slots of the imports the observer ignores (memset, KeAcquireSpinLock...); an
+        # architecture removes those whose calls go elsewhere (x64's CFG dispatch).
+        self.quiet_slots = frozenset(slot for slot, name in image.imports.items()
+                                     if name not in EVENT_IMPORTS)
         mode = self.mode
         self.regs = mode.regs
         self.bits = mode.bits
@@ -283,10 +287,6 @@ class IntelSemantics:
 
     def _image_address(self, rva: int) -> Value | None:
         return rva
-
-    # IAT slots of the imports the observer ignores (memset, KeAcquireSpinLock...), besides
-    # those whose calls go elsewhere (x64's CFG dispatch): set by each architecture.
-    quiet_slots: frozenset[int] = frozenset()
 
     def calls_quiet_import(self, insn: Insn) -> bool:
         """Whether a call or jmp through memory can only reach an import the observer ignores,

@@ -26,7 +26,6 @@ import bisect
 import numpy as np
 
 from ..apis import (
-    EVENT_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
@@ -78,8 +77,7 @@ class X64Semantics(IntelSemantics):
         super().__init__(image, imports)
         self.all_imports = image.imports
         self.guard_slots = guard_slots
-        self.quiet_slots = frozenset(slot for slot, name in image.imports.items()
-                                     if name not in EVENT_IMPORTS) - frozenset(guard_slots)
+        self.quiet_slots -= frozenset(guard_slots)
         imported = set(image.imports.values())
         # Calls whose effect we model, only when the image looks routines up by name (else no
         # cost): RtlInitUnicodeString matters only on the way to MmGetSystemRoutineAddress.

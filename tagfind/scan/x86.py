@@ -61,7 +61,6 @@ from collections.abc import Callable
 import numpy as np
 
 from ..apis import (
-    EVENT_IMPORTS,
     ROUTINE_LOOKUP_IMPORT,
     RUNTIME_LOOKUP_APIS,
     STRING_INIT_IMPORT,
@@ -213,8 +212,6 @@ class X86Semantics(IntelSemantics):
                  moves_frame: Callable[[Value | None], bool] = lambda _target: False) -> None:
         # All imports: the stack effects of calls need every one, not only the pool APIs.
         super().__init__(image, image.imports)
-        self.quiet_slots = frozenset(slot for slot, name in image.imports.items()
-                                     if name not in EVENT_IMPORTS)
         self.callee_pops = callee_pops
         self.thunk_api = thunk_api
         self.moves_frame = moves_frame
