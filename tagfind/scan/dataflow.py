@@ -179,11 +179,10 @@ DISPATCH = Flow((), False, indirect=True)
 
 def jump_table_flow(insns: Sequence[Insn], flow_of: FlowOf,
                     is_table_jump: Callable[[Insn, Insn], bool], jump: str) -> FlowOf:
-    """flow_of, with the jumps (instructions with mnemonic `jump`) that
-    is_table_jump(previous, jump) calls a switch dispatch
-    marked indirect: run() then enters the function's otherwise unreached blocks (the switch's
-    cases) from them. Only for functions without an exception handler, whose handler blocks
-    are unreached too but entered from the unwinder."""
+    """flow_of, with the jumps (instructions with mnemonic `jump`) that is_table_jump(previous,
+    jump) calls a switch dispatch marked indirect: run() then enters the function's otherwise
+    unreached blocks (the switch's cases) from them. Only for functions without an exception
+    handler, whose handler blocks are unreached too but entered from the unwinder."""
     dispatches = {insns[i].address for i in range(1, len(insns))
                   if insns[i].mnemonic == jump and is_table_jump(insns[i - 1], insns[i])}
     if not dispatches:
