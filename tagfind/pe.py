@@ -1,9 +1,10 @@
 """One PE image as the scanners need it: machine, sections, imports by IAT slot, exports,
 function table (.pdata), CFG dispatch pointers. Everything is in RVAs.
 
-pefile parses the headers, imports, exports and load config; the .pdata table is read here
-with numpy because pefile's per-entry objects are slow on large images and we need only starts
-and ends. Damaged files raise PEError with a one-line reason.
+pefile parses the headers, sections and load config. The tables of many entries are not left
+to pefile's per-entry objects, which are slow on large images: pe_tables.py reads the import,
+delay-import and export tables with struct, and the .pdata table is read here with numpy (we
+need only starts and ends). Damaged files raise PEError with a one-line reason.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import bisect
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pefile
 
 from .limits import MAX_FILE_SIZE
+from .pe_tables import ImportTables, exports
 
 MACHINES = {
     0x8664: "x64",
@@ -127,42 +130,50 @@ class PEImage:
         self._unwind: tuple[np.ndarray, np.ndarray] | None = None
         self._chains: dict[int, list[tuple[int, int]]] | None = None  # primary -> its parts
         self._chain_root_of: dict[int, int] = {}  # fragment begin -> primary begin
-        self._parse_directories(pe)
+        self._parse_directories(pe, data)
         self.functions = self._function_table(pe)  # (n, 2) uint32 array of [begin, end)
         self._lists: tuple[list[int], list[int], list[int]] | None = None
         # No pe.close(): it only unmaps files pefile opened itself (we pass bytes), and then
         # runs a full gc.collect(), which cost 15 ms per file, a fifth of a corpus scan.
 
     # --- directories -------------------------------------------------------------------------
-    def _parse_directories(self, pe: pefile.PE) -> None:
+    def _parse_directories(self, pe: pefile.PE, data: bytes) -> None:
         try:
-            pe.parse_data_directories(
-                directories=[_DIR_IMPORT, _DIR_DELAY_IMPORT, _DIR_EXPORT, _DIR_LOAD_CONFIG]
-            )
+            pe.parse_data_directories(directories=[_DIR_LOAD_CONFIG])
         except Exception as exc:  # pefile raises many types on hostile input
             self.warnings.append(f"data directories: {exc}")
-        base = self.image_base
-        for attr in ("DIRECTORY_ENTRY_IMPORT", "DIRECTORY_ENTRY_DELAY_IMPORT"):
-            for entry in getattr(pe, attr, []) or []:
-                dll = _decode(entry.dll).lower()
-                for imp in entry.imports:
-                    if imp.name and imp.address is not None:
-                        # pefile gives VAs for the regular IAT, RVAs for some delay-load
-                        # tables; normalise to RVA.
-                        slot = imp.address - base if imp.address >= base else imp.address
-                        self.imports[slot] = _decode(imp.name)
-                        self.import_dlls[slot] = dll
-        export_dir = getattr(pe, "DIRECTORY_ENTRY_EXPORT", None)
-        if export_dir is not None:
-            for sym in export_dir.symbols:
-                if sym.name and sym.address and sym.forwarder is None:
-                    self.exports.setdefault(sym.address, _decode(sym.name))
+        read = self._reader(pe, data)
+        tables = ImportTables(read, pe.PE_TYPE == pefile.OPTIONAL_HEADER_MAGIC_PE_PLUS,
+                              self.image_base, self.size_of_image, self.machine)
+        for index, entries in ((_DIR_IMPORT, tables.imports),
+                               (_DIR_DELAY_IMPORT, tables.delay_imports)):
+            rva, _size = _directory(pe, index)
+            if rva:
+                for slot, dll, name in entries(rva):
+                    self.imports[slot] = name
+                    self.import_dlls[slot] = dll
+        rva, size = _directory(pe, _DIR_EXPORT)
+        if rva:
+            self.exports = exports(read, rva, size)
         load_config = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
         if load_config is not None:
             for name in ("GuardCFDispatchFunctionPointer", "GuardCFCheckFunctionPointer"):
                 va = getattr(load_config.struct, name, 0) or 0
-                if va > base:
-                    self.guard_dispatch_slots.add(va - base)
+                if va > self.image_base:
+                    self.guard_dispatch_slots.add(va - self.image_base)
+
+    def _reader(self, pe: pefile.PE, data: bytes) -> Callable[[int, int], bytes]:
+        """read() for the tables, which may also lie in the headers, before every section
+        (read as the file's first bytes, as pefile and the loader do)."""
+        headers = min([pe.OPTIONAL_HEADER.SizeOfHeaders, len(data),
+                       *(s.rva for s in self.sections if s.rva)])
+
+        def read(rva: int, size: int) -> bytes:
+            if 0 <= rva < headers:
+                return data[rva : min(rva + size, headers)]
+            return self.read(rva, size)
+
+        return read
 
     def _function_table(self, pe: pefile.PE) -> np.ndarray:
         """Function [begin, end) pairs from .pdata, sorted; empty where the arch has none."""
@@ -469,10 +480,13 @@ def _check_complete(pe: pefile.PE, data: bytes) -> None:
             raise PEError(f"damaged PE: {label} directory lies outside the image")
 
 
-def _decode(name: bytes | str | None) -> str:
-    if isinstance(name, bytes):
-        return name.decode("latin-1")
-    return name or ""
+def _directory(pe: pefile.PE, index: int) -> tuple[int, int]:
+    """(rva, size) of a data directory; (0, 0) where the header has none."""
+    try:
+        entry = pe.OPTIONAL_HEADER.DATA_DIRECTORY[index]
+    except IndexError:
+        return (0, 0)
+    return (entry.VirtualAddress, entry.Size)
 
 
 def _sections(pe: pefile.PE, data: bytes) -> list[Section]:
