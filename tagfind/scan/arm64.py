@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import capstone
 import numpy as np
@@ -158,7 +158,9 @@ MAX_NAME_CHARS = 64  # longest routine name read from a UNICODE_STRING buffer
 MODELLED_IMPORTS = RESOLVER_IMPORTS | {STRING_INIT_IMPORT}
 
 
+@cache
 def make_decoder() -> capstone.Cs:
+    # One per process (as the x64/x86 decoders, intel.make_decoder): it keeps no state.
     # skipdata: a word capstone cannot decode (data, a literal pool, padding) is skipped,
     # 4 bytes, as one pseudo-instruction, so one decoder call covers a whole function.
     md = capstone.Cs(CS_ARCH, capstone.CS_MODE_ARM)

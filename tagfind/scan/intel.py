@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Callable, Iterator, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import capstone
 import numpy as np
@@ -643,7 +643,10 @@ def observed_insns(sem, calls: DirectCalls | None = None,
 
 
 # --- decoding -----------------------------------------------------------------------------------
+@cache
 def make_decoder(bits: int) -> capstone.Cs:
+    """The decoder of a mode, one per process: it keeps no state between calls, and making
+    one costs more than decoding a small driver's candidates."""
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64
                      else capstone.CS_MODE_32)
     md.skipdata = False
@@ -687,9 +690,10 @@ def _address_of(insn: Insn) -> int:
 _CHUNK = 1 << 22
 
 
-def scan_dwords(sections) -> Iterator[tuple[object, np.ndarray, int, np.ndarray, np.ndarray]]:
+def scan_dwords(sections) -> Iterator[tuple[object, np.ndarray, int, np.ndarray]]:
     """Every 4-byte little-endian value in the sections, a chunk at a time, without decoding:
-    (section, its bytes, chunk start, offsets q in the section, values at q as signed int64)."""
+    (section, its bytes, chunk start, values at offsets start, start + 1, ... as signed
+    int64)."""
     for section in sections:
         data = section.data
         raw = np.frombuffer(data, dtype=np.uint8)
@@ -699,7 +703,16 @@ def scan_dwords(sections) -> Iterator[tuple[object, np.ndarray, int, np.ndarray,
                 break
             value = np.ndarray((stop - start,), dtype="<i4", buffer=data, offset=start,
                                strides=(1,)).astype(np.int64)
-            yield section, raw, start, np.arange(start, stop, dtype=np.int64), value
+            yield section, raw, start, value
+
+
+def rip_targets(section, start: int, disp: np.ndarray) -> np.ndarray:
+    """The RVAs that rip-relative displacements `disp` (a chunk of scan_dwords at `start`)
+    address, as if each ended its instruction (displacement + its end)."""
+    target = np.arange(start + section.rva + 4, start + section.rva + 4 + len(disp),
+                       dtype=np.int64)
+    target += disp
+    return target
 
 
 def find_in(values: np.ndarray, wanted: np.ndarray) -> list[int]:
@@ -710,17 +723,19 @@ def find_in(values: np.ndarray, wanted: np.ndarray) -> list[int]:
     return near[np.isin(values[near], wanted)].tolist()
 
 
-def rel32_branches(section, raw: np.ndarray, q: np.ndarray, target: np.ndarray, code_lo: int,
+def rel32_branches(section, raw: np.ndarray, start: int, value: np.ndarray, code_lo: int,
                    code_hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(source RVA, target RVA, is a call) of each E8/E9 rel32 whose displacement is at q and
-    whose target lies in [code_lo, code_hi)."""
-    opcode_at = q - 1
-    ok = opcode_at >= 0
-    op = np.zeros(len(q), dtype=np.uint8)
-    op[ok] = raw[opcode_at[ok]]
-    is_rel = (op == 0xE8) | (op == 0xE9)
-    idx = np.flatnonzero(is_rel & (target >= code_lo) & (target < code_hi))
-    return opcode_at[idx] + section.rva, target[idx], op[idx] == 0xE8
+    """(source RVA, target RVA, is a call) of each E8/E9 rel32 whose displacement lies in the
+    chunk of scan_dwords at `start` (`value`: its values) and whose target lies in
+    [code_lo, code_hi). Only the offsets after an E8 or E9 byte are looked at (a few in a
+    hundred), not every offset of the chunk."""
+    lo = max(start - 1, 0)
+    ops = raw[lo : start + len(value) - 1]
+    at = np.flatnonzero((ops == 0xE8) | (ops == 0xE9)) + lo  # the opcode bytes
+    target = value[at + 1 - start] + (at + section.rva + 5)
+    keep = (target >= code_lo) & (target < code_hi)
+    at, target = at[keep], target[keep]
+    return at + section.rva, target, raw[at] == 0xE8
 
 
 def jumps_through(raw: np.ndarray, disp_offset: int) -> bool:

@@ -54,6 +54,7 @@ from .intel import (
     observed_insns,
     parse_memory,
     rel32_branches,
+    rip_targets,
     routine_name,
     scan_dwords,
 )
@@ -305,11 +306,11 @@ class X64Backend(IntelBackend):
             return
         code_lo, code_hi = code_bounds(sections)
         srcs, dsts = [], []
-        for section, raw, start, q, disp in scan_dwords(sections):
-            target = disp + q + (section.rva + 4)
+        for section, raw, start, disp in scan_dwords(sections):
+            target = rip_targets(section, start, disp)
             for i in find_in(target, slots):
                 self._rip_hit(section, raw, start + i, int(target[i]))
-            src, dst, _is_call = rel32_branches(section, raw, q, target, code_lo, code_hi)
+            src, dst, _is_call = rel32_branches(section, raw, start, disp, code_lo, code_hi)
             srcs.append(src)
             dsts.append(dst)
         self.calls = CallIndex(srcs, dsts)
@@ -385,9 +386,9 @@ class X64Backend(IntelBackend):
         """Locations of rip-relative displacements that address one of targets."""
         wanted = np.array(sorted(targets), dtype=np.int64)
         out: list[int] = []
-        for section, _raw, _start, q, disp in scan_dwords(self.image.code_sections):
-            target = disp + q + (section.rva + 4)
-            out.extend(section.rva + int(q[i]) for i in find_in(target, wanted))
+        for section, _raw, start, disp in scan_dwords(self.image.code_sections):
+            target = rip_targets(section, start, disp)
+            out.extend(section.rva + start + i for i in find_in(target, wanted))
         return out
 
     # --- Backend protocol -------------------------------------------------------------------

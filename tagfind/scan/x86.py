@@ -505,14 +505,13 @@ class X86Backend(IntelBackend):
         slot_vas = np.array(sorted(s + self.base for s in self.image.imports), dtype=np.int64)
         code_lo, code_hi = code_bounds(sections)
         srcs, dsts, kinds = [], [], []
-        for section, raw, start, q, value in scan_dwords(sections):
+        for section, raw, start, value in scan_dwords(sections):
             # Absolute references to IAT slots: any opcode (FF 15, FF 25, 8B 05.., A1).
             word = value & MASK32
             for i in find_in(word, slot_vas):
                 self._abs_hit(section, raw, start + i, int(word[i]))
             # rel32 calls and jumps into the code sections.
-            target = value + q + (section.rva + 4)
-            src, dst, is_call = rel32_branches(section, raw, q, target, code_lo, code_hi)
+            src, dst, is_call = rel32_branches(section, raw, start, value, code_lo, code_hi)
             srcs.append(src)
             dsts.append(dst)
             kinds.append(is_call)
@@ -550,7 +549,7 @@ class X86Backend(IntelBackend):
         """Locations of 4-byte operands in the code that hold the VA of one of targets."""
         wanted = np.array(sorted((rva + self.base) & MASK32 for rva in targets), dtype=np.int64)
         out: list[int] = []
-        for section, _raw, start, _q, value in scan_dwords(self.image.code_sections):
+        for section, _raw, start, value in scan_dwords(self.image.code_sections):
             out.extend(section.rva + start + i for i in find_in(value & MASK32, wanted))
         return out
 
