@@ -159,8 +159,8 @@ def test_pool_slot_offset_loads_that_pairing_cannot_explain(built, variant):
     image = PEImage(str(path))
     backend = Arm64Backend(image)
     raw = []  # what the word scan pairs, before the pairings that cannot hold are dropped
-    for w, pc, ai, page, rd in backend._words():
-        raw += arm64._page_refs(w, pc, ai, page, rd, (w & 0xFFC00000) == 0xF9400000, {pool})
+    for words in backend._words():
+        raw += arm64._page_refs(words, (words.w & 0xFFC00000) == 0xF9400000, {pool})
     assert cross in raw and replaced in raw
     candidates = set(backend.candidate_functions())
     for load in (cross, replaced):

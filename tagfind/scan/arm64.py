@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
+from typing import NamedTuple
 
 import capstone
 import numpy as np
@@ -805,26 +806,52 @@ def _nearest_adrp_pages(ai, rd, page, js, bases
     return found, pages, where
 
 
-def _page_refs(w, pc, ai, page, rd, is_ref, targets: set[int]) -> list[int]:
+class _Words(NamedTuple):
+    """One code section's instruction words (uint32: the masks run on 4 bytes a word) and its
+    ADRPs, made once per image."""
+
+    w: np.ndarray
+    rva: int  # word i is at rva + 4 * i
+    ai: np.ndarray  # the indexes of the ADRPs
+    page: np.ndarray  # the page each makes (int64)
+    rd: np.ndarray  # its destination register (int64)
+
+    def pc(self, index: np.ndarray) -> np.ndarray:
+        """The RVAs of the words at `index`."""
+        return self.rva + 4 * index
+
+
+def _section_words(section) -> _Words:
+    w = np.frombuffer(section.data, dtype="<u4", count=section.size // 4)
+    ai = np.flatnonzero((w & 0x9F000000) == 0x90000000)
+    adrp = w[ai].astype(np.int64)
+    # ADRP: the page of pc plus the sign-extended (immhi:immlo) << 12
+    imm = ((adrp >> 5) & 0x7FFFF) << 2 | ((adrp >> 29) & 3)
+    page = ((section.rva + 4 * ai) & ~0xFFF) + (_sext(imm, 21) << 12)
+    return _Words(w, section.rva, ai, page, adrp & 31)
+
+
+def _page_refs(words: _Words, is_ref, targets: set[int]) -> list[int]:
     """RVAs of the words marked is_ref (LDR Xt, [Xn, #imm12*8], or ADD Xd, Xn, #imm12) whose
     base register's nearest ADRP before them (within ADRP_LOOKBACK) makes an address in
     targets."""
-    return [rva for rva, _adrp in _page_refs_with_adrp(w, pc, ai, page, rd, is_ref, targets)]
+    return [rva for rva, _adrp in _page_refs_with_adrp(words, is_ref, targets)]
 
 
-def _page_refs_with_adrp(w, pc, ai, page, rd, is_ref, targets: set[int]
-                         ) -> list[tuple[int, int]]:
+def _page_refs_with_adrp(words: _Words, is_ref, targets: set[int]) -> list[tuple[int, int]]:
     """_page_refs, each with the RVA of the ADRP it was paired with."""
     ri = np.flatnonzero(is_ref)
-    word = w[ri]
+    word = words.w[ri]
     scale = np.where((word & 0xFFC00000) == 0xF9400000, 8, 1)
     offset = ((word >> 10) & 0xFFF) * scale
     keep = np.isin(offset, np.array(sorted({t & 0xFFF for t in targets}), dtype=np.int64))
     js = ri[keep]
-    found, pages, adrps = _nearest_adrp_pages(ai, rd, page, js, (w[js] >> 5) & 31)
+    found, pages, adrps = _nearest_adrp_pages(words.ai, words.rd, words.page, js,
+                                              (words.w[js] >> 5) & 31)
     wanted = np.array(sorted(targets), dtype=np.int64)
     match = found & np.isin(pages + offset[keep], wanted)
-    return list(zip(pc[js[match]].tolist(), pc[adrps[match]].tolist(), strict=True))
+    return list(zip(words.pc(js[match]).tolist(), words.pc(adrps[match]).tolist(),
+                    strict=True))
 
 
 class Arm64Backend:
@@ -850,7 +877,7 @@ class Arm64Backend:
         self._resolver_hits: list[tuple[int, int]] = []  # (LDR of a slot, its ADRP)
         self.calls = CallIndex()
         self._bl_targets = np.zeros(0, dtype=np.int64)  # sorted, unique
-        self._word_arrays: list[tuple] | None = None  # see _words
+        self._word_arrays: list[_Words] | None = None  # see _words
         self._scan_code()
         self.semantics.local_apis = self._thunks
         # Starts of code without .pdata (leaf functions, thunks): what bl calls, thunks, exports.
@@ -871,39 +898,31 @@ class Arm64Backend:
         code_hi = max(s.rva + s.size for s in sections)
         srcs, dsts, bls = [], [], []
         thunks: list[tuple[int, int]] = []
-        for section in sections:
-            n = section.size // 4
-            if n == 0:
-                continue
-            w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
-            pc = section.rva + 4 * np.arange(n, dtype=np.int64)
-            # ADRP: page of pc + sign-extended (immhi:immlo) << 12
-            is_adrp = (w & 0x9F000000) == 0x90000000
-            ai = np.flatnonzero(is_adrp)
-            imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
-            page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
-            rd = w[ai] & 31
+        for words in self._words():
+            w, ai, page, rd = words.w, words.ai, words.page, words.rd
             # LDR Xt, [Xn, #imm12*8] (unsigned offset)
             is_ldr = (w & 0xFFC00000) == 0xF9400000
             if len(pool_pages):
                 sel = np.isin(page, pool_pages)
-                self._adrp_candidates(w, is_ldr, ai[sel], page[sel], rd[sel], pool_slots, pc)
-            thunks.extend(self._find_thunks(w, is_ldr, ai, page, rd, all_slots, pc))
+                self._adrp_candidates(words, is_ldr, ai[sel], page[sel], rd[sel], pool_slots)
+            thunks.extend(self._find_thunks(words, is_ldr, all_slots))
             if self.resolver_slots:
                 self._resolver_hits.extend(
-                    _page_refs_with_adrp(w, pc, ai, page, rd, is_ldr, self.resolver_slots))
+                    _page_refs_with_adrp(words, is_ldr, self.resolver_slots))
             # BL / B imm26
-            is_branch = ((w & 0xFC000000) == 0x94000000) | ((w & 0xFC000000) == 0x14000000)
-            bi = np.flatnonzero(is_branch)
-            target = pc[bi] + (_sext(w[bi] & 0x3FFFFFF, 26) << 2)
+            top = w & 0xFC000000
+            bi = np.flatnonzero((top == 0x94000000) | (top == 0x14000000))
+            branch = w[bi].astype(np.int64)
+            pc = words.pc(bi)
+            target = pc + (_sext(branch & 0x3FFFFFF, 26) << 2)
             inside = (target >= code_lo) & (target < code_hi)
-            srcs.append(pc[bi][inside])
+            srcs.append(pc[inside])
             dsts.append(target[inside])
-            is_bl = (w[bi] & 0xFC000000) == 0x94000000
+            is_bl = (branch & 0xFC000000) == 0x94000000
             bls.append(target[inside & is_bl])
             # A `b` from a .pdata function to code outside every .pdata function is a tail
             # call into a leaf function (which has no .pdata entry): a function start too.
-            tail = inside & ~is_bl & _in_functions(self.image.functions, pc[bi]) \
+            tail = inside & ~is_bl & _in_functions(self.image.functions, pc) \
                 & ~_in_functions(self.image.functions, target)
             bls.append(target[tail])
         if srcs:
@@ -933,37 +952,38 @@ class Arm64Backend:
         return prev is None or prev == 0 or prev & 0xFFFFFC1F in (0xD65F0000, 0xD61F0000) \
             or prev & 0xFC000000 == 0x14000000  # after ret, br or b: a new piece of code
 
-    def _adrp_candidates(self, w, is_ldr, ai, page, rd, pool_slots, pc) -> None:
+    def _adrp_candidates(self, words: _Words, is_ldr, ai, page, rd, pool_slots) -> None:
         """LDRs whose offset is a pool slot's offset in its page, where the nearest ADRP before
         them into the LDR's base register (within ADRP_LOOKBACK: compilers hoist the ADRP
         and share it between loads, so the distance is not fixed) is of that page, and the
         pairing can hold (_pairing_can_hold: in the ARM64 corpus, 917 of the 8,973 functions
         the analysis reached were candidates only through pairings that cannot, and none of
         them calls a pool API)."""
+        w = words.w
         li = np.flatnonzero(is_ldr)
         offset = ((w[li] >> 10) & 0xFFF) * 8
         li = li[np.isin(offset, np.unique(pool_slots & 0xFFF))]
         found, pages, adrps = _nearest_adrp_pages(ai, rd, page, li, (w[li] >> 5) & 31)
         match = found & np.isin(pages + ((w[li] >> 10) & 0xFFF) * 8, pool_slots)
         self._adrp_hits.extend(
-            load for load, adrp in zip(pc[li[match]].tolist(), pc[adrps[match]].tolist(),
-                                       strict=True)
+            load for load, adrp in zip(words.pc(li[match]).tolist(),
+                                       words.pc(adrps[match]).tolist(), strict=True)
             if self._pairing_can_hold(load, adrp))
 
     @staticmethod
-    def _find_thunks(w, is_ldr, ai, page, rd, all_slots, pc) -> list[tuple[int, int]]:
+    def _find_thunks(words: _Words, is_ldr, all_slots) -> list[tuple[int, int]]:
         """(rva, IAT slot) of each `adrp xN, page; ldr xN, [xN, #off]; br xN`: the shape of
         the linker's import thunk (and of a tail call: _is_thunk tells them apart)."""
-        n = len(w)
-        ok = ai + 2 < n
-        ai, page, rd = ai[ok], page[ok], rd[ok]
+        w = words.w
+        ok = words.ai + 2 < len(w)
+        ai, page, rd = words.ai[ok], words.page[ok], words.rd[ok]
         ldr, br = w[ai + 1], w[ai + 2]
         rt = ldr & 31
         slot = page + ((ldr >> 10) & 0xFFF) * 8
         match = (is_ldr[ai + 1] & (((ldr >> 5) & 31) == rd) & (br == (0xD61F0000 | (rt << 5)))
                  & np.isin(slot, all_slots))
-        return [(int(pc[i]), s) for i, s in zip(ai[match].tolist(), slot[match].tolist(),
-                                                 strict=True)]
+        return [(words.rva + 4 * i, s) for i, s in zip(ai[match].tolist(),
+                                                       slot[match].tolist(), strict=True)]
 
     # --- pointers filled at run time ----------------------------------------------------------
     def _resolve_pointers(self) -> None:
@@ -1042,21 +1062,12 @@ class Arm64Backend:
         # sources (`add x8, x8, #0` is MSVC's register move: the page stays).
         return not any(REGS.get(o, ("",))[0] == page_reg[0] for o in ops[1:])
 
-    def _words(self) -> list[tuple]:
-        """(words, their RVAs, ADRP indexes, pages, destination registers) per code section,
-        made once per image (the reference searches ask for them several times)."""
+    def _words(self) -> list[_Words]:
+        """The words of each code section (_Words), made once per image: the word pass and
+        the reference searches read them."""
         if self._word_arrays is None:
-            self._word_arrays = []
-            for section in self.image.code_sections:
-                n = section.size // 4
-                if section.rva % 4 or n == 0:
-                    continue
-                w = np.frombuffer(section.data, dtype="<u4", count=n).astype(np.int64)
-                pc = section.rva + 4 * np.arange(n, dtype=np.int64)
-                ai = np.flatnonzero((w & 0x9F000000) == 0x90000000)
-                imm = ((w[ai] >> 5) & 0x7FFFF) << 2 | ((w[ai] >> 29) & 3)
-                page = (pc[ai] & ~0xFFF) + (_sext(imm, 21) << 12)
-                self._word_arrays.append((w, pc, ai, page, w[ai] & 31))
+            self._word_arrays = [_section_words(s) for s in self.image.code_sections
+                                 if s.rva % 4 == 0 and s.size >= 4]
         return self._word_arrays
 
     def address_users(self, functions: set[int]) -> list[int]:
@@ -1070,18 +1081,19 @@ class Arm64Backend:
         """RVAs of the `ldr xN, [xM, #off]` / `add xN, xM, #off` after an ADRP that address
         one of targets."""
         out: list[int] = []
-        for w, pc, ai, page, rd in self._words():
-            is_ref = ((w & 0xFFC00000) == 0xF9400000) | ((w & 0xFFC00000) == 0x91000000)
-            out.extend(_page_refs(w, pc, ai, page, rd, is_ref, targets))
+        for words in self._words():
+            top = words.w & 0xFFC00000
+            is_ref = (top == 0xF9400000) | (top == 0x91000000)
+            out.extend(_page_refs(words, is_ref, targets))
         return out
 
     def _wdf_slot_loads(self) -> list[int]:
         """RVAs of `ldr xN, [xM, #8k]` for the WDF table slots k of pool APIs."""
         wanted = np.array(sorted(WDF_APIS_BY_INDEX), dtype=np.int64)
         out: list[int] = []
-        for w, pc, _ai, _page, _rd in self._words():
-            is_ldr = (w & 0xFFC00000) == 0xF9400000
-            out.extend(pc[is_ldr & np.isin((w >> 10) & 0xFFF, wanted)].tolist())
+        for words in self._words():
+            li = np.flatnonzero((words.w & 0xFFC00000) == 0xF9400000)
+            out.extend(words.pc(li[np.isin((words.w[li] >> 10) & 0xFFF, wanted)]).tolist())
         return out
 
     # --- Backend protocol -------------------------------------------------------------------
