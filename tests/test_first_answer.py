@@ -324,3 +324,42 @@ def test_sigint_after_the_answer_as_a_process(drivers, full_index, tmp_path, tes
         stats = idx.refresh(listed, jobs=1)
         assert stats.scanned + stats.reused == len(listed) - indexed
         assert stats.unchanged == indexed
+
+
+# -- the scanner's import, started early on a fresh index (cli/options.py) -----------------
+_PROBE = """
+import runpy, sys, threading
+sys.argv = ["tagfind", *sys.argv[1:]]
+code = 0
+try:
+    runpy.run_module("tagfind", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+threads = [t.name for t in threading.enumerate()]
+print("scanner imported:", "capstone" in sys.modules or "tagfind.scan" in sys.modules,
+      "import thread:", "tagfind-import-scanner" in threads, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _as_process(drivers: Path, index: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run([sys.executable, "-c", _PROBE, "--drivers", str(drivers), "--index",
+                           str(index), "--jobs", "1", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_cold_query_as_a_process_answers_as_the_full_one(drivers, full_index, tmp_path):
+    """The scanner is imported in a thread while the files are found and hashed, and the
+    candidates are scanned in this process: the answer is the complete index's."""
+    for n, tag in enumerate(["WDiv", *_spread(_proven_tags(full_index), 2)]):
+        done = _as_process(drivers, tmp_path / f"fresh-{n}.sqlite3", tag)
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+        assert done.stdout == _query(drivers, full_index, tag).stdout
+
+
+def test_warm_query_imports_no_scanner(drivers, full_index):
+    done = _as_process(drivers, full_index, "WDiv")
+    assert done.returncode == 0, done.stderr
+    assert "scanner imported: False import thread: False" in done.stderr

@@ -149,6 +149,16 @@ def _live_module_files() -> list[str]:
     return [m.path for m in listing.modules if m.path and os.path.isfile(m.path)]
 
 
+def _import_scanner_if_fresh(index_path: str) -> None:
+    """A query that may answer early on an index that does not exist yet will scan its
+    candidate files in this process: start importing the scanner now (index/workers.py). Not
+    on an existing index, where a warm query would only lose time to that import."""
+    if not os.path.exists(index_path):
+        from ..index.workers import import_scanner_in_background
+
+        import_scanner_in_background()
+
+
 @contextmanager
 def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                verbose_stats: int | None = None,
@@ -162,6 +172,8 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     from .. import index as index_mod
     from .. import sources
 
+    if first is not None:
+        _import_scanner_if_fresh(src.index_path or index_mod.default_index_path())
     loaded = load_module_list(src)
     walk_start = time.perf_counter()
     try:

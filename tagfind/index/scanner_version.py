@@ -18,12 +18,14 @@ def current_scanner_version() -> int:
     When tagfind.scan is not imported yet, the number is read from its source: importing the
     scanner (numpy, pefile, capstone) costs more than a whole warm refresh, and a query that
     finds nothing changed never needs it. Any doubt falls back to the import."""
-    module = sys.modules.get("tagfind.scan")
-    if module is None:
+    if "tagfind.scan" not in sys.modules:
         version = _scanner_version_from_source()
         if version is not None:
             return version
-        from .. import scan as module
+    # (An import, not sys.modules: another thread may be importing the scanner, and the
+    # import waits until the module is whole.)
+    from .. import scan as module
+
     return module.SCANNER_VERSION
 
 

@@ -103,6 +103,21 @@ def import_scanner() -> None:
         importlib.import_module(name, __package__)
 
 
+def import_scanner_in_background() -> None:
+    """Start importing the scanner in a thread, for a query that will scan in this process
+    soon (a cold query's first candidates): the import runs while this thread waits on the
+    file system (discovery, hashing), which releases the lock the import needs. An import
+    that fails there fails again, reported, where the scan imports it."""
+
+    def run() -> None:
+        try:
+            import_scanner()
+        except BaseException:  # noqa: BLE001 (see the docstring)
+            pass
+
+    threading.Thread(target=run, name="tagfind-import-scanner", daemon=True).start()
+
+
 _SCANNER_MODULES = ("..scan", "..scan.x64", "..scan.x86", "..scan.arm64", "..bytefilter",
                     "..limits", "numpy", "capstone", "pefile")
 
