@@ -142,6 +142,18 @@ class PEImage:
             pe.parse_data_directories(directories=[_DIR_LOAD_CONFIG])
         except Exception as exc:  # pefile raises many types on hostile input
             self.warnings.append(f"data directories: {exc}")
+        try:
+            self._read_tables(pe, data)
+        except Exception as exc:  # a reader bug on hostile input must not lose the file
+            self.warnings.append(f"import or export table: {exc}")
+        load_config = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
+        if load_config is not None:
+            for name in ("GuardCFDispatchFunctionPointer", "GuardCFCheckFunctionPointer"):
+                va = getattr(load_config.struct, name, 0) or 0
+                if va > self.image_base:
+                    self.guard_dispatch_slots.add(va - self.image_base)
+
+    def _read_tables(self, pe: pefile.PE, data: bytes) -> None:
         read = self._reader(pe, data)
         tables = ImportTables(read, pe.PE_TYPE == pefile.OPTIONAL_HEADER_MAGIC_PE_PLUS,
                               self.image_base, self.size_of_image, self.machine)
@@ -155,12 +167,6 @@ class PEImage:
         rva, size = _directory(pe, _DIR_EXPORT)
         if rva:
             self.exports = exports(read, rva, size)
-        load_config = getattr(pe, "DIRECTORY_ENTRY_LOAD_CONFIG", None)
-        if load_config is not None:
-            for name in ("GuardCFDispatchFunctionPointer", "GuardCFCheckFunctionPointer"):
-                va = getattr(load_config.struct, name, 0) or 0
-                if va > self.image_base:
-                    self.guard_dispatch_slots.add(va - self.image_base)
 
     def _reader(self, pe: pefile.PE, data: bytes) -> Callable[[int, int], bytes]:
         """read() for the tables, which may also lie in the headers, before every section

@@ -40,7 +40,8 @@ MAX_DLL_NAME = pefile.MAX_DLL_LENGTH
 MAX_EXPORT_NAME = pefile.MAX_SYMBOL_NAME_LENGTH
 MAX_IMPORTS = pefile.MAX_IMPORT_SYMBOLS  # thunks read in all, as pefile caps them
 MAX_DESCRIPTORS = 4096
-MAX_EXPORTS = pefile.MAX_SYMBOL_EXPORT_COUNT  # names; more is a damaged table
+MAX_EXPORTS = pefile.MAX_SYMBOL_EXPORT_COUNT  # names read, as pefile caps them
+MAX_EXPORT_ADDRESSES = 1 << 16  # a name's ordinal is 16 bits: no name reaches further
 _THUNK_CHUNK = 64  # thunks read per slice
 _MACHINE_I386 = 0x14C
 
@@ -139,7 +140,7 @@ def exports(read: Read, rva: int, size: int) -> dict[int, str]:
     n_names = min(n_names, MAX_EXPORTS)
     name_rvas = _u32s(read(names, 4 * n_names))
     slots = _u16s(read(ordinals, 2 * len(name_rvas)))
-    addresses = _u32s(read(functions, 4 * min(n_functions, MAX_EXPORTS)))
+    addresses = _u32s(read(functions, 4 * min(n_functions, MAX_EXPORT_ADDRESSES)))
     out: dict[int, str] = {}
     for name_rva, slot in zip(name_rvas, slots, strict=False):
         if slot >= len(addresses):
