@@ -13,14 +13,13 @@ import bisect
 import os
 import re
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pefile
 
 from .limits import MAX_FILE_SIZE
-from .pe_tables import ImportTables, exports
+from .pe_tables import ImportTables, TableView, c_string, exports
 
 MACHINES = {
     0x8664: "x64",
@@ -115,6 +114,7 @@ class PEImage:
         self.size_of_image = pe.OPTIONAL_HEADER.SizeOfImage
         self.sections = _sections(pe, data)
         self._section_of: dict[int, Section | None] = {}
+        self._section_starts = _disjoint_starts(self.sections)
         _check_complete(pe, data)
         try:  # (rva, size) of the base relocations: the x86 scanner finds code pointers there
             reloc = pe.OPTIONAL_HEADER.DATA_DIRECTORY[_DIR_BASERELOC]
@@ -168,9 +168,9 @@ class PEImage:
         if rva:
             self.exports = exports(read, rva, size)
 
-    def _reader(self, pe: pefile.PE, data: bytes) -> Callable[[int, int], bytes]:
-        """read() for the tables, which may also lie in the headers, before every section
-        (read as the file's first bytes, as pefile and the loader do)."""
+    def _reader(self, pe: pefile.PE, data: bytes) -> TableView:
+        """read() and string() for the tables, which may also lie in the headers, before
+        every section (read as the file's first bytes, as pefile and the loader do)."""
         headers = min([pe.OPTIONAL_HEADER.SizeOfHeaders, len(data),
                        *(s.rva for s in self.sections if s.rva)])
 
@@ -179,7 +179,18 @@ class PEImage:
                 return data[rva : min(rva + size, headers)]
             return self.read(rva, size)
 
-        return read
+        def string(rva: int, limit: int) -> bytes | None:
+            if 0 <= rva < headers:
+                return c_string(data[rva : min(rva + limit, headers)])
+            section = self.section_at(rva)
+            if section is None:
+                return None
+            start = rva - section.rva
+            end = section.data.find(b"\0", start, start + limit)
+            # Past its bytes a section reads as zeros: the string ends where they end.
+            return section.data[start : min(start + limit, section.size) if end < 0 else end]
+
+        return TableView(read, string)
 
     def _function_table(self, pe: pefile.PE) -> np.ndarray:
         """Function [begin, end) pairs from .pdata, sorted; empty where the arch has none."""
@@ -218,6 +229,15 @@ class PEImage:
         if found is not _UNSEEN:
             return found
         found = None
+        if self._section_starts is not None:  # one candidate: the last to start at or before
+            i = bisect.bisect_right(self._section_starts[0], rva) - 1
+            if i >= 0:
+                section = self._section_starts[1][i]
+                if rva < section.rva + section.vsize:
+                    found = section
+            if len(self._section_of) < _SECTION_MEMO:
+                self._section_of[rva] = found
+            return found
         for section in self.sections:
             if section.contains(rva):
                 found = section
@@ -484,6 +504,16 @@ def _check_complete(pe: pefile.PE, data: bytes) -> None:
             continue
         if directory.VirtualAddress and directory.VirtualAddress + directory.Size > size:
             raise PEError(f"damaged PE: {label} directory lies outside the image")
+
+
+def _disjoint_starts(sections: list[Section]) -> tuple[list[int], list[Section]] | None:
+    """(starts, sections) sorted by RVA when no two sections' spans in memory overlap (as
+    the loader requires): then the one that may hold an RVA is found by bisection. None
+    otherwise (a damaged table), where section_at looks at each in table order."""
+    ordered = sorted((s for s in sections if s.vsize > 0), key=lambda s: s.rva)
+    if any(a.rva + a.vsize > b.rva for a, b in zip(ordered, ordered[1:], strict=False)):
+        return None
+    return [s.rva for s in ordered], ordered
 
 
 def _directory(pe: pefile.PE, index: int) -> tuple[int, int]:

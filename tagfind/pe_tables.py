@@ -29,11 +29,19 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import pefile
 from pefile import ordlookup
 
-Read = Callable[[int, int], bytes]  # (rva, size) -> the bytes there, short at the end
+
+class TableView(NamedTuple):
+    """The image as the readers see it: `read(rva, size)`, the bytes there (short at the
+    end); `string(rva, limit)`, the NUL-terminated string there (at most `limit` bytes, None
+    where nothing can be read), without copying `limit` bytes for each name."""
+
+    read: Callable[[int, int], bytes]
+    string: Callable[[int, int], bytes | None]
 
 MAX_NAME = pefile.MAX_IMPORT_NAME_LENGTH  # pefile's bounds on names, kept as they are
 MAX_DLL_NAME = pefile.MAX_DLL_LENGTH
@@ -49,9 +57,10 @@ _MACHINE_I386 = 0x14C
 class ImportTables:
     """Reads the import tables of one image (the thunk budget is shared by all of them)."""
 
-    def __init__(self, read: Read, is64: bool, image_base: int, size_of_image: int,
+    def __init__(self, view: TableView, is64: bool, image_base: int, size_of_image: int,
                  machine: int) -> None:
-        self.read = read
+        self.read = view.read
+        self.string = view.string
         self.is64 = is64
         self.thunk = 8 if is64 else 4
         self.ordinal_flag = 1 << 63 if is64 else 1 << 31
@@ -90,7 +99,7 @@ class ImportTables:
     def _table(self, name_rva: int, lookup: int, iat: int,
                vas: bool) -> Iterator[tuple[int, str, str]]:
         """The imports of one descriptor; `vas`: its thunks hold VAs, not RVAs."""
-        dll = _c_string(self.read, name_rva, MAX_DLL_NAME)
+        dll = self.string(name_rva, MAX_DLL_NAME)
         if not dll:
             return
         if not pefile.is_valid_dos_filename(dll):
@@ -103,7 +112,7 @@ class ImportTables:
                 name = ordlookup.ordLookup(dll_lower, entry & 0xFFFF, make_name=False)
             else:
                 hint = self._normalise(entry) if vas else entry & self.name_mask
-                name = _c_string(self.read, hint + 2, MAX_NAME)
+                name = self.string(hint + 2, MAX_NAME)
                 if name is not None and not pefile.is_valid_function_name(name):
                     name = None
             if name:
@@ -129,9 +138,10 @@ class ImportTables:
         return out
 
 
-def exports(read: Read, rva: int, size: int) -> dict[int, str]:
+def exports(view: TableView, rva: int, size: int) -> dict[int, str]:
     """Exported function RVA -> its first name (in the order of the name table), forwarders
     left out. A name that pefile would not accept ends the table, as in pefile."""
+    read = view.read
     raw = read(rva, 40)
     if len(raw) < 40:
         return {}
@@ -148,7 +158,7 @@ def exports(read: Read, rva: int, size: int) -> dict[int, str]:
         address = addresses[slot]
         if address == 0:
             continue
-        name = _c_string(read, name_rva, MAX_EXPORT_NAME)
+        name = view.string(name_rva, MAX_EXPORT_NAME)
         if not pefile.is_valid_function_name(name, relax_allowed_characters=True):
             break
         if rva <= address < rva + size:
@@ -158,12 +168,8 @@ def exports(read: Read, rva: int, size: int) -> dict[int, str]:
     return out
 
 
-def _c_string(read: Read, rva: int, limit: int) -> bytes | None:
-    """The NUL-terminated string at rva (at most `limit` bytes); None where nothing can be
-    read."""
-    raw = read(rva, limit)
-    if not raw:
-        return None
+def c_string(raw: bytes) -> bytes:
+    """raw up to its first NUL."""
     end = raw.find(b"\0")
     return raw if end < 0 else raw[:end]
 
