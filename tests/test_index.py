@@ -240,6 +240,27 @@ def test_scanner_version_read_without_importing_the_scanner() -> None:
 # --- worker processes, time limits, damaged inputs ----------------------------------------
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_worker_runs_numpy_with_one_blas_thread(monkeypatch) -> None:
+    """Workers never multiply matrices: numpy's OpenBLAS must not start (and spin) threads in
+    each of them, whatever the user's environment asks. Counted as the worker's scanner
+    import leaves it; the same import with the user's setting shows the count can differ."""
+    import tagfind.index.workers as workers
+
+    code = ("import os; from tagfind.index.workers import import_scanner; import_scanner();"
+            " print(len(os.listdir('/proc/self/task')))")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+
+    def threads(env: dict[str, str]) -> int:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert threads(workers._worker_env()) == 1
+    assert threads({**workers._worker_env(), "OPENBLAS_NUM_THREADS": "4"}) > 1
+
+
 def test_worker_processes_give_the_same_results(tree: Path, tmp_path: Path) -> None:
     files = listing(tree)
     with Index(tmp_path / "one.sqlite3") as one, Index(tmp_path / "two.sqlite3") as two:
