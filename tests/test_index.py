@@ -240,6 +240,18 @@ def test_scanner_version_read_without_importing_the_scanner() -> None:
 # --- worker processes, time limits, damaged inputs ----------------------------------------
 
 
+def test_a_worker_imports_no_database_code() -> None:
+    """A worker process imports workers.py alone of the index package: not sqlite3 nor the
+    refresh (part of every worker's start)."""
+    code = ("import sys; from tagfind.index.workers import worker_main;"
+            " print(sorted(m for m in ('sqlite3', 'tagfind.index.refresh',"
+            " 'tagfind.index.queries', 'tagfind.index.db') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert index_mod.Index is tagfind.index.queries.Index  # the names still resolve
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_a_worker_runs_numpy_with_one_blas_thread(monkeypatch) -> None:
     """Workers never multiply matrices: numpy's OpenBLAS must not start (and spin) threads in

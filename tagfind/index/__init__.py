@@ -19,26 +19,42 @@ The parts, one job each:
 
 from __future__ import annotations
 
-from .db import BUSY_TIMEOUT_MS, SCHEMA_VERSION, IndexUnavailable, default_index_path
-from .queries import Index, sqlite_glob
-from .refresh import BATCH_FILES, BATCH_SECONDS, IN_PROCESS_MAX, RACY_NS
-from .rows import FileRow, IndexStats, RefreshStats, SiteRow
-from .rows import _from_i64 as _from_i64  # (tests)
-from .rows import _to_i64 as _to_i64  # (tests)
-from .scanner_version import current_scanner_version
+from typing import TYPE_CHECKING
 
-# workers.py (subprocess, pickle, threads) is imported when one of its names is asked for: a
-# warm query never scans.
-_FROM_WORKERS = ("WORKER_START_FAILURES", "WORKER_START_TIMEOUT", "scan_for_index",
-                 "worker_main")
+# Every name is imported when it is asked for: a worker process imports workers.py alone (not
+# sqlite3 and the refresh: 15-20 ms of each worker's start), and a warm query never imports
+# workers.py (subprocess, pickle, threads).
+_LAZY = {
+    "BUSY_TIMEOUT_MS": "db", "SCHEMA_VERSION": "db", "IndexUnavailable": "db",
+    "default_index_path": "db",
+    "Index": "queries", "sqlite_glob": "queries",
+    "BATCH_FILES": "refresh", "BATCH_SECONDS": "refresh", "IN_PROCESS_MAX": "refresh",
+    "RACY_NS": "refresh",
+    "FileRow": "rows", "IndexStats": "rows", "RefreshStats": "rows", "SiteRow": "rows",
+    "_from_i64": "rows", "_to_i64": "rows",  # (tests)
+    "current_scanner_version": "scanner_version",
+    "WORKER_START_FAILURES": "workers", "WORKER_START_TIMEOUT": "workers",
+    "scan_for_index": "workers", "worker_main": "workers",
+}
+
+if TYPE_CHECKING:
+    from .db import BUSY_TIMEOUT_MS, SCHEMA_VERSION, IndexUnavailable, default_index_path
+    from .queries import Index, sqlite_glob
+    from .refresh import BATCH_FILES, BATCH_SECONDS, IN_PROCESS_MAX, RACY_NS
+    from .rows import FileRow, IndexStats, RefreshStats, SiteRow
+    from .scanner_version import current_scanner_version
+    from .workers import WORKER_START_FAILURES, WORKER_START_TIMEOUT, scan_for_index, worker_main
 
 
 def __getattr__(name: str) -> object:
-    if name in _FROM_WORKERS:
-        from . import workers
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return getattr(workers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BATCH_FILES",
