@@ -99,8 +99,7 @@ def import_scanner() -> None:
     the process."""
     import importlib
 
-    if "numpy" not in sys.modules:
-        os.environ.setdefault(*_ONE_BLAS_THREAD)
+    _one_blas_thread()
     for name in _SCANNER_MODULES:
         importlib.import_module(name, __package__)
 
@@ -117,6 +116,7 @@ def import_scanner_in_background() -> None:
         except BaseException:  # noqa: BLE001 (see the docstring)
             pass
 
+    _one_blas_thread()  # here: os.environ is not to be changed while another thread reads it
     threading.Thread(target=run, name="tagfind-import-scanner", daemon=True).start()
 
 
@@ -125,6 +125,14 @@ def import_scanner_in_background() -> None:
 # others (on 2 cores, a cold build of the x64/x86 half: 1.01-1.07 -> 0.97-1.01 s, user CPU
 # 1.66-1.78 -> 1.59-1.68 s). Workers always get one; this process, unless the user set it.
 _ONE_BLAS_THREAD = ("OPENBLAS_NUM_THREADS", "1")
+
+
+def _one_blas_thread() -> None:
+    """Ask for one OpenBLAS thread in this process, before numpy loads, unless the user set
+    a number."""
+    if "numpy" not in sys.modules:
+        os.environ.setdefault(*_ONE_BLAS_THREAD)
+
 
 _SCANNER_MODULES = ("..scan", "..scan.x64", "..scan.x86", "..scan.arm64", "..bytefilter",
                     "..limits", "numpy", "capstone", "pefile")
