@@ -43,6 +43,7 @@ class TableView(NamedTuple):
     read: Callable[[int, int], bytes]
     string: Callable[[int, int], bytes | None]
 
+
 MAX_NAME = pefile.MAX_IMPORT_NAME_LENGTH  # pefile's bounds on names, kept as they are
 MAX_DLL_NAME = pefile.MAX_DLL_LENGTH
 MAX_EXPORT_NAME = pefile.MAX_SYMBOL_NAME_LENGTH
