@@ -110,3 +110,17 @@ def test_out_of_budget_is_reported():
                           _is_call, max_rounds=1)
     assert not converged
     assert [address for address, _ in seen] == [0x104]
+
+
+def test_meet_at_a_fixpoint_is_the_state_itself_unless_freshness_changes() -> None:
+    # run() skips a successor whose meet returns its own state: that must mean nothing changed,
+    # the `fresh` flag included (a path from a non-fresh state ends "untouched slots are the
+    # caller's arguments").
+    regs, stack = {"rsp": ("sp", -8)}, {-8: (8, 5)}
+    fresh = State(dict(regs), dict(stack), fresh=True)
+    assert fresh.meet(State(dict(regs), dict(stack), fresh=True)) is fresh
+    joined = fresh.meet(State(dict(regs), dict(stack), fresh=False))
+    assert joined is not fresh and not joined.fresh and fresh.fresh
+    assert joined.regs == regs and joined.stack == stack
+    stale = State(dict(regs), dict(stack), fresh=False)
+    assert stale.meet(State(dict(regs), dict(stack), fresh=True)) is stale

@@ -255,18 +255,7 @@ class Arm64Semantics:
 
     @staticmethod
     def set(state: State, name: str, value: Value | None) -> None:
-        reg = REGS.get(name)
-        if reg is None:
-            return  # xzr/wzr, or not a general register
-        family, bits = reg
-        if isinstance(value, int):
-            value &= MASK32 if bits == 32 else MASK64  # a w write zero-extends
-        elif bits == 32:
-            value = narrow(value, 32, 64)  # ULONG arguments, globals and fields stay
-        if value is None:
-            state.regs.pop(family, None)
-        else:
-            state.regs[family] = value
+        _assign(state, REGS.get(name), value)  # xzr/wzr, or not a general register: nothing
 
     def operand(self, state: State, text: str) -> Value | None:
         reg = REGS.get(text)
@@ -334,21 +323,56 @@ class Arm64Semantics:
         mnem = insn.mnemonic
         if mnem in _INERT:
             return
-        ops = _operands(insn.op_str)
+        # The hot cases (loads, stores, moves, ALU) run from their text parsed once (_plan);
+        # the rest from the text itself.
+        plan = _plan(mnem, insn.op_str)
+        kind = plan[0]
+        if kind is _LOAD:
+            _, dest_regs, base, disp, width, signed, ops, mem = plan
+            value = state.regs.get(base[0]) if base is not None else None
+            if value is None:
+                # The common case: a pointer we do not follow.
+                for dest in dest_regs:
+                    if dest is not None:
+                        state.regs.pop(dest[0], None)
+            else:
+                if base[1] != 64:
+                    value = narrow(value, base[1], 64)
+                self._load_at(state, dest_regs, _address_of(value, disp), width, signed)
+            if mem is not None:
+                self._writeback(state, ops, mem)
+        elif kind is _STORE:
+            _, sources, base_reg, base, disp, width, ops, mem = plan
+            value = state.regs.get(base[0]) if base is not None else None
+            if value is not None and base[1] != 64:
+                value = narrow(value, base[1], 64)
+            self._store_at(state, sources, base_reg,
+                           _address_of(value, disp) if value is not None else _OTHER, width)
+            if mem is not None:
+                self._writeback(state, ops, mem)
+        elif kind is _MOVE:
+            _, dest, source, shift = plan
+            value = _value(state, source)
+            if isinstance(value, int) and shift:
+                value <<= shift
+            _assign(state, dest, value if shift is not None else None)
+        elif kind is _ALU_OP:
+            self._alu(state, plan[1], plan[2], _value(state, plan[3]), _value(state, plan[4]),
+                      plan[5])
+        elif kind is _CONSTANT:
+            _assign(state, plan[1], plan[2])
+        elif kind is not _NOTHING:
+            self._transfer_text(state, insn, mnem, plan[1])
+
+    def _transfer_text(self, state: State, insn: Insn, mnem: str, ops: tuple[str, ...]
+                       ) -> None:
+        """The instructions _plan leaves as text."""
         if not ops:
             if mnem in ("bl", "blr"):
                 self._clobber(state)
             return
         if mnem in _PLAIN_LOADS:
-            self._load_insn(state, mnem, insn.op_str, ops)
-        elif mnem in _PLAIN_STORES:
-            self._store_insn(state, mnem, insn.op_str, ops)
-        elif mnem in ("mov", "movz") and len(ops) >= 2:
-            value = self.operand(state, ops[1])
-            shift = _shift(ops, 2)
-            if isinstance(value, int) and shift:
-                value <<= shift
-            self.set(state, ops[0], value if shift is not None else None)
+            self._literal_load(state, mnem, ops)
         elif mnem == "movn" and len(ops) >= 2:
             value, shift = _imm(ops[1]), _shift(ops, 2)
             self.set(state, ops[0], ~(value << shift) if value is not None and shift is not None
@@ -359,10 +383,6 @@ class Arm64Semantics:
                 self.set(state, ops[0], (old & ~(0xFFFF << shift)) | (value << shift))
             else:
                 self.set(state, ops[0], None)
-        elif mnem in ("adrp", "adr") and len(ops) == 2:
-            self.set(state, ops[0], _imm(ops[1]))
-        elif mnem in _ALU and len(ops) >= 3:
-            self._alu(state, mnem, ops)
         elif mnem in _SELECTS and len(ops) >= 3:
             # Either source, as the condition picks: csinc/csinv/csneg change the second.
             second = self.operand(state, ops[2])
@@ -389,59 +409,36 @@ class Arm64Semantics:
             if mnem.startswith(("ldp", "ldnp", "ldxp", "ldaxp")) and len(ops) > 1:
                 self.set(state, ops[1], None)  # pair loads write two registers
 
-    def _alu(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
-        a = self.operand(state, ops[1])
-        b = self.operand(state, ops[2])
-        shift = _shift(ops, 3)
+    def _alu(self, state: State, mnem: str, dest: tuple[str, int] | None, a: Value | None,
+             b: Value | None, shift: int | None) -> None:
         if isinstance(b, int) and shift:
             b <<= shift
         if shift is None:
-            self.set(state, ops[0], None)
+            _assign(state, dest, None)
         elif b == 0 and mnem in ("add", "sub", "orr", "eor") and a is not None:
-            self.set(state, ops[0], a)  # MSVC moves registers with `add xD, xS, #0`
+            _assign(state, dest, a)  # MSVC moves registers with `add xD, xS, #0`
         elif isinstance(a, tuple) and a[0] == "sp" and isinstance(b, int) \
                 and mnem in ("add", "sub"):
-            self.set(state, ops[0], ("sp", a[1] + (b if mnem == "add" else -b)))
+            _assign(state, dest, ("sp", a[1] + (b if mnem == "add" else -b)))
         elif mnem in ("and", "ands") and b == 0:
-            self.set(state, ops[0], 0)
+            _assign(state, dest, 0)
         elif isinstance(a, int) and isinstance(b, int):
-            self.set(state, ops[0], _ALU[mnem](a, b))
+            _assign(state, dest, _ALU[mnem](a, b))
         else:
-            self.set(state, ops[0], None)
+            _assign(state, dest, None)
 
-    def _base_address(self, state: State, base_reg: str, disp: int | None
-                      ) -> tuple[str | tuple, int | None]:
-        """Where `[base, #disp]` points: ('stack', offset) | ('abs', rva) | (('field', k),
-        offset) in a structure argument k points at | ('wdf', offset) in the KMDF table |
-        ('other', None)."""
-        if disp is None:
-            return ("other", None)  # register index or extend: not a fixed address
-        base = self.get(state, base_reg) if base_reg in REGS else None
-        if base is None:
-            return ("other", None)
-        if isinstance(base, tuple):
-            if base[0] == "sp":
-                return ("stack", base[1] + disp)
-            if base[0] == "arg":
-                return (("field", base[1]), disp)  # a structure the caller passed by pointer
-        if isinstance(base, int):
-            return ("abs", (base + disp) & MASK64)
-        if base == WDF_TABLE:
-            return ("wdf", disp)
-        return ("other", None)
+    def _literal_load(self, state: State, mnem: str, ops: tuple[str, ...]) -> None:
+        """ldr wN, #literal: a PC-relative load from the literal pool."""
+        addr = _imm(ops[1]) if len(ops) == 2 else None
+        value = None
+        if addr is not None:
+            value = self._load(state, ("abs", addr), _reg_width(ops[0], mnem))
+        self.set(state, ops[0], value if mnem in ("ldr", "ldur") else None)
 
-    def _load_insn(self, state: State, mnem: str, op_str: str, ops: tuple[str, ...]) -> None:
-        form = _load_form(mnem, op_str)
-        if form is None:
-            # ldr wN, #literal: a PC-relative load from the literal pool.
-            addr = _imm(ops[1]) if len(ops) == 2 else None
-            value = None
-            if addr is not None:
-                value = self._load(state, ("abs", addr), _reg_width(ops[0], mnem))
-            self.set(state, ops[0], value if mnem in ("ldr", "ldur") else None)
-            return
-        dests, base_reg, disp, width, signed, mem = form
-        where = self._base_address(state, base_reg, disp)  # post-index reads at xN itself
+    def _load_at(self, state: State, dests: tuple[tuple[str, int] | None, ...],
+                 where: tuple[str | tuple, int | None], width: int, signed: bool) -> None:
+        """Load each destination from consecutive `width`-byte words at where (_address_of;
+        post-index loads read at the base itself)."""
         kind = where[0]
         for k, dest in enumerate(dests):
             value = None
@@ -449,16 +446,10 @@ class Arm64Semantics:
                 value = self._load(state, (kind, where[1] + k * width), width)
                 if signed and isinstance(value, int):
                     value = None  # sign extension: keep it simple, the tag is never signed
-            self.set(state, dest, value)
-        if mem is not None:
-            self._writeback(state, ops, mem)
+            _assign(state, dest, value)
 
-    def _store_insn(self, state: State, mnem: str, op_str: str, ops: tuple[str, ...]) -> None:
-        form = _store_form(mnem, op_str)
-        if form is None:
-            return
-        sources, base_reg, disp, width, mem = form
-        where = self._base_address(state, base_reg, disp)
+    def _store_at(self, state: State, sources: tuple[str, ...], base_reg: str,
+                  where: tuple[str | tuple, int | None], width: int) -> None:
         if where[0] == "stack":
             for k, src in enumerate(sources):
                 write_stack(state, LAYOUT, where[1] + k * width, width,
@@ -471,8 +462,6 @@ class Arm64Semantics:
                 self.runtime_slots[self._rva(where[1])] = value[1]
         elif where[0] == "other" and REGS.get(base_reg, ("",))[0] == "sp":
             state.stack.clear()  # an sp-relative store at an index we cannot follow
-        if mem is not None:
-            self._writeback(state, ops, mem)
 
     @staticmethod
     def _clobber(state: State, regs: tuple[str, ...] = VOLATILE) -> None:
@@ -659,6 +648,108 @@ def _store_form(mnem: str, op_str: str) -> tuple | None:
     base_reg, disp = _memory_operand(ops[mem])
     width = _STORE_WIDTH.get(mnem) or _reg_width(sources[0], mnem)
     return (sources, base_reg, disp, width, _writeback_index(ops, mem))
+
+
+_OTHER = ("other", None)
+
+
+def _address_of(base: Value, disp: int | None) -> tuple[str | tuple, int | None]:
+    """Where `[base, #disp]` points, for a base register holding `base` (not None): ('stack',
+    offset) | ('abs', rva) | (('field', k), offset) in a structure argument k points at |
+    ('wdf', offset) in the KMDF table | ('other', None)."""
+    if disp is None:
+        return _OTHER  # register index or extend: not a fixed address
+    if isinstance(base, tuple):
+        if base[0] == "sp":
+            return ("stack", base[1] + disp)
+        if base[0] == "arg":
+            return (("field", base[1]), disp)  # a structure the caller passed by pointer
+    if isinstance(base, int):
+        return ("abs", (base + disp) & MASK64)
+    if base == WDF_TABLE:
+        return ("wdf", disp)
+    return _OTHER
+
+
+def _value(state: State, source: tuple[str, int] | int | None) -> Value | None:
+    """What an operand _operand_source parsed holds: a register's value read through its
+    width, or the constant (None: not a value we know)."""
+    if source.__class__ is tuple:
+        value = state.regs.get(source[0])
+        return value if source[1] == 64 or value is None else narrow(value, source[1], 64)
+    return source
+
+
+def _assign(state: State, dest: tuple[str, int] | None, value: Value | None) -> None:
+    """Write a register (dest: its REGS entry; None for xzr/wzr or not a general register,
+    which writes nothing). A w write zero-extends; ULONG arguments, globals and fields stay."""
+    if dest is None:
+        return
+    family, bits = dest
+    if isinstance(value, int):
+        value &= MASK32 if bits == 32 else MASK64
+    elif bits == 32:
+        value = narrow(value, 32, 64)
+    if value is None:
+        state.regs.pop(family, None)
+    else:
+        state.regs[family] = value
+
+
+def _operand_source(text: str) -> tuple[str, int] | int | None:
+    """An operand as _value reads it: a register's REGS entry, 0 for a zero register, an
+    immediate's value, else None."""
+    reg = REGS.get(text)
+    if reg is not None:
+        return reg
+    if text in ZERO_REGS:
+        return 0
+    return _imm(text)
+
+
+# What _plan makes of an instruction's text (the first item of its tuple).
+_LOAD, _STORE, _MOVE, _ALU_OP, _CONSTANT, _NOTHING, _TEXT = (
+    "load", "store", "move", "alu", "const", "nothing", "text")
+
+
+@lru_cache(maxsize=1 << 16)
+def _plan(mnem: str, op_str: str) -> tuple:
+    """The text of an instruction parsed once for transfer(): registers as REGS entries,
+    immediates as values (cached: the same texts recur thousands of times).
+    - (_LOAD, destinations, base, displacement or None, width, sign-extends, operands,
+      index of the memory operand when it writes its base back, else None);
+    - (_STORE, sources, base register, base, displacement or None, width, operands,
+      writeback index);
+    - (_MOVE, destination, source, shift or None): mov/movz;
+    - (_ALU_OP, mnemonic, destination, source a, source b, shift or None);
+    - (_CONSTANT, destination, value): adrp/adr;
+    - (_NOTHING,): a store without a memory operand;
+    - (_TEXT, operands): everything else, transferred from its text."""
+    ops = _operands(op_str)
+    if not ops:
+        return (_TEXT, ops)
+    if mnem in _PLAIN_LOADS:
+        form = _load_form(mnem, op_str)
+        if form is None:
+            return (_TEXT, ops)
+        dests, base_reg, disp, width, signed, mem = form
+        return (_LOAD, tuple(REGS.get(d) for d in dests),
+                REGS.get(base_reg) if disp is not None else None, disp, width, signed, ops, mem)
+    if mnem in _PLAIN_STORES:
+        form = _store_form(mnem, op_str)
+        if form is None:
+            return (_NOTHING,)  # no memory operand: writes nothing
+        sources, base_reg, disp, width, mem = form
+        return (_STORE, sources, base_reg, REGS.get(base_reg) if disp is not None else None,
+                disp, width, ops, mem)
+    if mnem in ("mov", "movz") and len(ops) >= 2:
+        return (_MOVE, REGS.get(ops[0]), _operand_source(ops[1]), _shift(ops, 2))
+    if mnem in ("adrp", "adr") and len(ops) == 2:
+        return (_CONSTANT, REGS.get(ops[0]), _imm(ops[1]))
+    if mnem in _ALU and len(ops) >= 3:
+        return (_ALU_OP, mnem, REGS.get(ops[0]), _operand_source(ops[1]),
+                _operand_source(ops[2]), _shift(ops, 3))
+    return (_TEXT, ops)
 
 
 def _writeback_index(ops: tuple[str, ...], mem: int) -> int | None:

@@ -96,7 +96,9 @@ class State:
         unknown instead, so the iteration ends quickly."""
         fresh = self.fresh and other.fresh
         if self.regs == other.regs and self.stack == other.stack:
-            return State(self.regs.copy(), self.stack.copy(), fresh)  # the common case: a fixpoint
+            # The common case, a fixpoint: self itself (run() never changes a state it keeps).
+            return self if fresh == self.fresh else State(self.regs.copy(), self.stack.copy(),
+                                                          fresh)
         oregs = other.regs
         regs = {}
         for k, v in self.regs.items():
@@ -347,8 +349,12 @@ def run(
             back = nb <= b  # blocks are in address order: an edge backwards closes a loop
             if back:
                 visits[nb] += 1
-            new = state.copy() if old is None else old.meet(
-                state, back and visits[nb] > WIDEN_AFTER)
+            if old is None:
+                new = state.copy()
+            else:
+                new = old.meet(state, back and visits[nb] > WIDEN_AFTER)
+                if new is old:
+                    continue
             if old is None or not new.same_as(old):
                 states[nb] = new
                 if not queued[nb]:
