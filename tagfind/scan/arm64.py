@@ -93,6 +93,7 @@ VOLATILE = (*(f"x{n}" for n in range(18)), "x30")
 # x0-x8 (LLVM's CSR_Win_AArch64_CFGuard_Check) and the checked target in x15, which MSVC
 # calls afterwards (`blr x15`).
 GUARD_CHECK_CLOBBERS = (*(f"x{n}" for n in range(9, 15)), "x16", "x17", "x30")
+_GUARD_CHECK_CLOBBERED = frozenset(GUARD_CHECK_CLOBBERS)
 LAYOUT = FrameLayout(arg_base=0, slot=8, first_stack_arg=8, word_bits=64)
 
 CS_ARCH = getattr(capstone, "CS_ARCH_AARCH64", None)
@@ -205,6 +206,23 @@ def _imm(text: str) -> int | None:
         return int(text, 0)
     except ValueError:
         return None
+
+
+def _branch_target(op_str: str) -> int | None:
+    """The target of a direct branch: its last operand (`b #0x1234`, `cbz x0, #0x1234`,
+    `tbz w1, #3, #0x1234`; capstone 6 drops the '#'), None when it is not an immediate."""
+    text = op_str.rpartition(",")[2].strip()
+    if text[:1] == "#":
+        text = text[1:]
+    if not text or not (text[0].isdigit() or text[0] == "-"):
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+_ENDS = Flow((), False)  # control does not go on after the instruction: ret, br, a bare b
 
 
 def _shift(ops: tuple[str, ...], index: int) -> int | None:
@@ -350,17 +368,26 @@ class Arm64Semantics:
                            _address_of(value, disp) if value is not None else _OTHER, width)
             if mem is not None:
                 self._writeback(state, ops, mem)
+        elif kind is _COPY:
+            value = state.regs.get(plan[2])
+            if value is None:
+                state.regs.pop(plan[1], None)
+            else:
+                state.regs[plan[1]] = value
+        elif kind is _CONSTANT:
+            if plan[2] is None:
+                state.regs.pop(plan[1], None)
+            else:
+                state.regs[plan[1]] = plan[2]
+        elif kind is _ALU_OP:
+            self._alu(state, plan[1], plan[2], _value(state, plan[3]), _value(state, plan[4]),
+                      plan[5])
         elif kind is _MOVE:
             _, dest, source, shift = plan
             value = _value(state, source)
             if isinstance(value, int) and shift:
                 value <<= shift
             _assign(state, dest, value if shift is not None else None)
-        elif kind is _ALU_OP:
-            self._alu(state, plan[1], plan[2], _value(state, plan[3]), _value(state, plan[4]),
-                      plan[5])
-        elif kind is _CONSTANT:
-            _assign(state, plan[1], plan[2])
         elif kind is not _NOTHING:
             self._transfer_text(state, insn, mnem, plan[1])
 
@@ -464,9 +491,10 @@ class Arm64Semantics:
             state.stack.clear()  # an sp-relative store at an index we cannot follow
 
     @staticmethod
-    def _clobber(state: State, regs: tuple[str, ...] = VOLATILE) -> None:
-        for reg in regs:
-            state.regs.pop(reg, None)
+    def _clobber(state: State, regs: frozenset[str] = frozenset(VOLATILE)) -> None:
+        # A new dict of the survivors: cheaper than popping each of 19 registers (a state
+        # owns its dicts, so nothing else sees the old one).
+        state.regs = {reg: value for reg, value in state.regs.items() if reg not in regs}
 
     def _call(self, state: State, insn: Insn) -> None:
         """bl/blr: a CFG check keeps the argument registers; MmGetSystemRoutineAddress and
@@ -475,7 +503,7 @@ class Arm64Semantics:
         text = insn.op_str.strip()
         raw = self.get(state, text) if text in REGS else None
         if raw == GUARD_CHECK:
-            self._clobber(state, GUARD_CHECK_CLOBBERS)
+            self._clobber(state, _GUARD_CHECK_CLOBBERED)
             return
         result = None
         if self.modelled_calls:
@@ -541,13 +569,12 @@ class Arm64Semantics:
     def flow(insn: Insn) -> Flow:
         mnem = insn.mnemonic
         if mnem in _TERMINATORS:
-            return Flow((), False)
+            return _ENDS
         if mnem == "b":
-            target = _imm(insn.op_str)
-            return Flow((target,) if target is not None else (), False)
+            target = _branch_target(insn.op_str)
+            return Flow((target,), False) if target is not None else _ENDS
         if mnem.startswith(_COND_BRANCH):
-            ops = _operands(insn.op_str)
-            target = _imm(ops[-1]) if ops else None
+            target = _branch_target(insn.op_str)
             return Flow((target,) if target is not None else (), True)
         return FALL_THROUGH
 
@@ -708,8 +735,15 @@ def _operand_source(text: str) -> tuple[str, int] | int | None:
 
 
 # What _plan makes of an instruction's text (the first item of its tuple).
-_LOAD, _STORE, _MOVE, _ALU_OP, _CONSTANT, _NOTHING, _TEXT = (
-    "load", "store", "move", "alu", "const", "nothing", "text")
+_LOAD, _STORE, _COPY, _MOVE, _ALU_OP, _CONSTANT, _NOTHING, _TEXT = (
+    "load", "store", "copy", "move", "alu", "const", "nothing", "text")
+
+
+def _constant(dest: tuple[str, int], value: int | None) -> tuple:
+    """The plan that writes a known constant (None: unknown) to a register, as _assign would."""
+    if value is not None:
+        value &= MASK32 if dest[1] == 32 else MASK64
+    return (_CONSTANT, dest[0], value)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -720,10 +754,11 @@ def _plan(mnem: str, op_str: str) -> tuple:
       index of the memory operand when it writes its base back, else None);
     - (_STORE, sources, base register, base, displacement or None, width, operands,
       writeback index);
-    - (_MOVE, destination, source, shift or None): mov/movz;
+    - (_COPY, destination family, source family): mov between two x registers;
+    - (_CONSTANT, destination family, value or None): adrp/adr, mov of an immediate;
+    - (_MOVE, destination, source, shift or None): any other mov/movz;
     - (_ALU_OP, mnemonic, destination, source a, source b, shift or None);
-    - (_CONSTANT, destination, value): adrp/adr;
-    - (_NOTHING,): a store without a memory operand;
+    - (_NOTHING,): a store without a memory operand, a write to a zero register;
     - (_TEXT, operands): everything else, transferred from its text."""
     ops = _operands(op_str)
     if not ops:
@@ -743,9 +778,19 @@ def _plan(mnem: str, op_str: str) -> tuple:
         return (_STORE, sources, base_reg, REGS.get(base_reg) if disp is not None else None,
                 disp, width, ops, mem)
     if mnem in ("mov", "movz") and len(ops) >= 2:
-        return (_MOVE, REGS.get(ops[0]), _operand_source(ops[1]), _shift(ops, 2))
+        dest, source, shift = REGS.get(ops[0]), _operand_source(ops[1]), _shift(ops, 2)
+        if dest is None:
+            return (_NOTHING,)  # xzr
+        if source.__class__ is not tuple:
+            if isinstance(source, int) and shift:
+                source <<= shift
+            return _constant(dest, source if shift is not None else None)
+        if dest[1] == source[1] == 64 and shift == 0:
+            return (_COPY, dest[0], source[0])
+        return (_MOVE, dest, source, shift)
     if mnem in ("adrp", "adr") and len(ops) == 2:
-        return (_CONSTANT, REGS.get(ops[0]), _imm(ops[1]))
+        dest = REGS.get(ops[0])
+        return _constant(dest, _imm(ops[1])) if dest is not None else (_NOTHING,)
     if mnem in _ALU and len(ops) >= 3:
         return (_ALU_OP, mnem, REGS.get(ops[0]), _operand_source(ops[1]),
                 _operand_source(ops[2]), _shift(ops, 3))

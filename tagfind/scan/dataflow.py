@@ -93,22 +93,29 @@ class State:
     def meet(self, other: State, widen: bool = False) -> State:
         """The state where paths from self and other join: each value is what either path
         carries. widen (a loop that keeps changing the state): a value that would grow is
-        unknown instead, so the iteration ends quickly."""
+        unknown instead, so the iteration ends quickly. The result may be self, or share its
+        dicts with self: run() never changes a state it keeps."""
         fresh = self.fresh and other.fresh
-        if self.regs == other.regs and self.stack == other.stack:
-            # The common case, a fixpoint: self itself (run() never changes a state it keeps).
-            return self if fresh == self.fresh else State(self.regs.copy(), self.stack.copy(),
-                                                          fresh)
-        oregs = other.regs
-        regs = {}
-        for k, v in self.regs.items():
-            o = oregs.get(k, _MISSING)
-            if o == v:
-                regs[k] = v
-            elif o is not _MISSING and not widen:
-                joined = join(v, o)
-                if joined is not None:
-                    regs[k] = joined
+        same_regs = self.regs == other.regs
+        same_stack = self.stack == other.stack
+        if same_regs and same_stack:
+            # The common case, a fixpoint.
+            return self if fresh == self.fresh else State(self.regs, self.stack, fresh)
+        if same_regs:
+            regs = self.regs
+        else:
+            oregs = other.regs
+            regs = {}
+            for k, v in self.regs.items():
+                o = oregs.get(k, _MISSING)
+                if o == v:
+                    regs[k] = v
+                elif o is not _MISSING and not widen:
+                    joined = join(v, o)
+                    if joined is not None:
+                        regs[k] = joined
+        if same_stack:
+            return State(regs, self.stack, fresh)
         ostack = other.stack
         stack = {}
         for k, entry in self.stack.items():
@@ -132,7 +139,9 @@ class State:
         return State(regs, stack, fresh)
 
     def same_as(self, other: State) -> bool:
-        return self.regs == other.regs and self.stack == other.stack and self.fresh == other.fresh
+        return ((self.regs is other.regs or self.regs == other.regs)
+                and (self.stack is other.stack or self.stack == other.stack)
+                and self.fresh == other.fresh)
 
 
 _MISSING = object()
@@ -342,6 +351,7 @@ def run(
         queued[b] = False
         state = states[b].copy()
         run_block(b, state)
+        kept = False  # whether a successor keeps `state` itself (no state is changed once kept)
         for nb in succs[b]:
             if not live[nb]:
                 continue
@@ -350,7 +360,8 @@ def run(
             if back:
                 visits[nb] += 1
             if old is None:
-                new = state.copy()
+                new = state.copy() if kept else state
+                kept = True
             else:
                 new = old.meet(state, back and visits[nb] > WIDEN_AFTER)
                 if new is old:
