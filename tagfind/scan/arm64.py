@@ -113,6 +113,10 @@ _LOAD_WIDTH = {"ldrb": 1, "ldurb": 1, "ldrsb": 1, "ldursb": 1, "ldrh": 2, "ldurh
 _STORE_WIDTH = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}
 _PLAIN_LOADS = {"ldr", "ldur", "ldp", *_LOAD_WIDTH}
 _PLAIN_STORES = {"str", "stur", "stp", *_STORE_WIDTH}
+_SINGLE_LOADS_STORES = (_PLAIN_LOADS | _PLAIN_STORES) - {"ldp", "ldpsw", "stp"}
+_SIGN_EXTENDING = ("ldrs", "ldurs", "ldpsw")
+# `reg, [base]` or `reg, [base, #disp]`: one register at a fixed offset, no writeback.
+_REGISTER_AT_OFFSET = re.compile(r"(\w+), \[(\w+)(?:, #(-?(?:0x[0-9a-f]+|[0-9]+)))?\]")
 _ALU = {
     "add": lambda a, b: a + b,
     "adds": lambda a, b: a + b,
@@ -660,7 +664,7 @@ def _load_form(mnem: str, op_str: str) -> tuple | None:
     dests = ops[:2] if mnem.startswith("ldp") else ops[:1]
     base_reg, disp = _memory_operand(ops[mem])
     return (dests, base_reg, disp, _reg_width(dests[0], mnem),
-            mnem.startswith(("ldrs", "ldurs", "ldpsw")), _writeback_index(ops, mem))
+            mnem.startswith(_SIGN_EXTENDING), _writeback_index(ops, mem))
 
 
 @lru_cache(maxsize=1 << 16)
@@ -760,6 +764,17 @@ def _plan(mnem: str, op_str: str) -> tuple:
     - (_ALU_OP, mnemonic, destination, source a, source b, shift or None);
     - (_NOTHING,): a store without a memory operand, a write to a zero register;
     - (_TEXT, operands): everything else, transferred from its text."""
+    simple = _REGISTER_AT_OFFSET.fullmatch(op_str) if mnem in _SINGLE_LOADS_STORES else None
+    if simple is not None:
+        # The commonest loads and stores, `ldr x0, [x19, #0x10]`, without the general parse
+        # (_load_form, _store_form) that gives the same.
+        reg, base_reg, disp_text = simple.groups()
+        disp = int(disp_text, 0) if disp_text else 0
+        if mnem in _PLAIN_LOADS:
+            return (_LOAD, (REGS.get(reg),), REGS.get(base_reg), disp, _reg_width(reg, mnem),
+                    mnem.startswith(_SIGN_EXTENDING), None, None)
+        return (_STORE, (reg,), base_reg, REGS.get(base_reg), disp,
+                _STORE_WIDTH.get(mnem) or _reg_width(reg, mnem), None, None)
     ops = _operands(op_str)
     if not ops:
         return (_TEXT, ops)
