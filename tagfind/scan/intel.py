@@ -129,6 +129,34 @@ def operands(op_str: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in op_str.split(", ")) if op_str else ()
 
 
+@lru_cache(maxsize=1 << 16)
+def register_move(op_str: str, bits: int) -> tuple[str, str | int | None, int] | None:
+    """`mov` into a general register, of a register of the same width (full, or 32 bits on
+    x64) or of an immediate, as transfer() runs it: (destination family, source family or the
+    value written, width in bits). None for any other mov, which goes the general way."""
+    ops = operands(op_str)
+    if len(ops) != 2:
+        return None
+    regs = _REGS[bits]
+    dest, source = regs.get(ops[0]), regs.get(ops[1])
+    if dest is None or ops[0] in HIGH_BYTES:
+        return None
+    if source is not None:
+        same = source[1] == dest[1] and (dest[1] == bits or dest[1] == 32)
+        return (dest[0], source[0], dest[1]) if same and ops[1] not in HIGH_BYTES else None
+    if not (ops[1][:1].isdigit() or ops[1][:1] == "-"):
+        return None
+    try:
+        value: int | None = int(ops[1], 0) & ((1 << bits) - 1)
+    except ValueError:
+        value = None
+    if dest[1] == 32:
+        value = narrow(value, 32, bits)  # a 32-bit write zero-extends (x64)
+    elif dest[1] != bits:
+        value = None  # partial write: the whole register is unknown
+    return (dest[0], value, dest[1])
+
+
 def direct_target(op_str: str) -> int | None:
     """The target of a direct call or jump (`call 0x1234`), None for an indirect one."""
     if op_str.startswith("0x") or op_str.isdigit():
@@ -235,6 +263,7 @@ def forget_vectors(state: State) -> None:
         del state.regs[reg]
 
 
+NOT_GLOBAL = object()  # _global_read: the read is not one of a global it knows
 _VECTOR_INITIALS = frozenset("xyz")  # how an xmm/ymm/zmm operand begins
 # Mnemonics transfer() has a case of its own for (never inert).
 _HANDLED = frozenset({"mov", "movabs", "lea", "movzx", "movsx", "movsxd", "xor", "inc", "dec",
@@ -269,6 +298,11 @@ class IntelSemantics:
         self.word = mode.word
         self.sp = mode.sp
         self._inert: dict[str, bool] = {}  # mnemonic -> _is_inert(mnemonic)
+        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
+        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
+        # Set once runtime_slots or wdf_tables are known: from then on reads ask
+        # _global_read first.
+        self.tracks_globals = False
         # Loads from read-only data fold to constants up to the register width.
         self.const_widths = frozenset((1, 2, 4, mode.word))
 
@@ -306,6 +340,19 @@ class IntelSemantics:
     def _call(self, state: State, insn: Insn) -> None:
         raise NotImplementedError
 
+    def _global_read(self, state: State, insn: Insn, text: str) -> Value | None | object:
+        """What a read of text gives when it loads a pointer-sized global that runtime_slots
+        or wdf_tables know, or goes through the WDF function table; NOT_GLOBAL otherwise."""
+        return NOT_GLOBAL
+
+    def _keep_routine(self, state: State, insn: Insn, text: str, api: str) -> None:
+        """A looked-up pool API written to text: when that is a pointer-sized global, calls
+        through it call the API."""
+        mem = self._mem(state, insn, text)
+        if mem is not None and mem[0] == "image" and mem[2] == self.word:
+            self.runtime_slots[mem[1]] = api
+            self.tracks_globals = True
+
     # --- operands ---------------------------------------------------------------------------
     def _mem(self, state: State, insn: Insn, text: str,
              establish: bool = True) -> tuple[str, int | None, int] | None:
@@ -331,6 +378,10 @@ class IntelSemantics:
     def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
         """The value an operand holds, or None when unknown. establish=False leaves an unknown
         stack pointer unknown (for callers that must not change the state)."""
+        if self.tracks_globals:
+            value = self._global_read(state, insn, text)
+            if value is not NOT_GLOBAL:
+                return value
         reg = self.regs.get(text)
         if reg is not None:
             if text in HIGH_BYTES:
@@ -369,6 +420,8 @@ class IntelSemantics:
         return None
 
     def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
+        if value.__class__ is tuple and value[0] == ROUTINE:
+            self._keep_routine(state, insn, text, value[1])
         reg = self.regs.get(text)
         if reg is not None:
             reg_family, bits = reg
@@ -410,6 +463,25 @@ class IntelSemantics:
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
+        if mnem == "mov":
+            # A third of the instructions; those between registers or of an immediate into
+            # a register run from their text parsed once.
+            plan = register_move(insn.op_str, self.bits)
+            if plan is not None:
+                dest, source, bits = plan
+                if source.__class__ is str:
+                    value = state.regs.get(source)
+                    if bits != self.bits:
+                        value = narrow(value, bits, self.bits)
+                    elif value.__class__ is int:
+                        value &= self.mask
+                else:
+                    value = source
+                if value is None:
+                    state.regs.pop(dest, None)
+                else:
+                    state.regs[dest] = value
+                return
         inert = self._inert.get(mnem)
         if inert is None:
             inert = self._inert[mnem] = self._is_inert(mnem)

@@ -39,6 +39,7 @@ from .finder import CallEvent, DirectCalls
 from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
 from .intel import (
     MODE64,
+    NOT_GLOBAL,
     OTHER,
     ROUTINE,
     WDF_TABLE,
@@ -85,10 +86,7 @@ class X64Semantics(IntelSemantics):
         self.resolvers = resolvers_followed(image)
         self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT, STRING_INIT_IMPORT} & imported
                                if ROUTINE_LOOKUP_IMPORT in self.resolvers else set())
-        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.resolver_thunks: dict[int, str] = {}  # MinGW `jmp [IAT]` stubs of RESOLVER_IMPORTS
-        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
-        self.tracks_globals = False  # set once runtime_slots or wdf_tables are known
         self.local_apis: dict[int, str] = {}  # import thunks and own exports -> API (backend)
 
     @staticmethod
@@ -169,30 +167,20 @@ class X64Semantics(IntelSemantics):
             self.wdf_tables.add(table - self.base)
             self.tracks_globals = True
 
-    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
-        if self.tracks_globals:
-            parsed = parse_memory(text, 64)
-            if parsed is not None and parsed[0] == 8:
-                _, base, disp = parsed
-                if base == "rip":
-                    where = insn.next + disp
-                    if where in self.runtime_slots:
-                        return ("imp", self.runtime_slots[where])
-                    if where in self.wdf_tables:
-                        return WDF_TABLE
-                elif base not in (None, OTHER) and state.regs.get(base) == WDF_TABLE:
-                    # [table + 8k]: the function in slot k
-                    return ("wdf", disp // 8) if disp >= 0 and disp % 8 == 0 else None
-        return super().read(state, insn, text, establish)
-
-    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
-        if isinstance(value, tuple) and value[0] == ROUTINE:
-            mem = self._mem(state, insn, text)
-            if mem is not None and mem[0] == "image" and mem[2] == 8:
-                # The global that keeps a looked-up pool API: calls through it call the API.
-                self.runtime_slots[mem[1]] = value[1]
-                self.tracks_globals = True
-        super().write(state, insn, text, value)
+    def _global_read(self, state: State, insn: Insn, text: str) -> Value | None | object:
+        parsed = parse_memory(text, 64)
+        if parsed is not None and parsed[0] == 8:
+            _, base, disp = parsed
+            if base == "rip":
+                where = insn.next + disp
+                if where in self.runtime_slots:
+                    return ("imp", self.runtime_slots[where])
+                if where in self.wdf_tables:
+                    return WDF_TABLE
+            elif base not in (None, OTHER) and state.regs.get(base) == WDF_TABLE:
+                # [table + 8k]: the function in slot k
+                return ("wdf", disp // 8) if disp >= 0 and disp % 8 == 0 else None
+        return NOT_GLOBAL
 
     def call_target(self, state: State, insn: Insn) -> Value | None:
         """Where a call or jmp goes: ('imp', api) for an import, an int RVA for local code,

@@ -82,6 +82,7 @@ from .frames import (
 )
 from .intel import (
     MODE32,
+    NOT_GLOBAL,
     OTHER,
     ROUTINE,
     WDF_TABLE,
@@ -220,8 +221,6 @@ class X86Semantics(IntelSemantics):
         self.resolvers = resolvers_followed(image)
         self.modelled_calls = ({ROUTINE_LOOKUP_IMPORT} if ROUTINE_LOOKUP_IMPORT in self.resolvers
                                else set())
-        self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
-        self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
 
     @staticmethod
     def entry_state() -> State:
@@ -325,22 +324,22 @@ class X86Semantics(IntelSemantics):
         table = (int.from_bytes(raw, "little") - self.base) & MASK32 if len(raw) == 4 else 0
         if table and self.image.section_at(table) is not None:
             self.wdf_tables.add(table)
+            self.tracks_globals = True
 
-    def read(self, state: State, insn: Insn, text: str, establish: bool = True) -> Value | None:
-        if self.runtime_slots or self.wdf_tables:
-            parsed = parse_memory(text, 32)
-            if parsed is not None and parsed[0] == 4:
-                _, base, disp = parsed
-                if base is None:
-                    rva = (disp - self.base) & MASK32
-                    if rva in self.runtime_slots:
-                        return ("imp", self.runtime_slots[rva])
-                    if rva in self.wdf_tables:
-                        return WDF_TABLE
-                elif base != OTHER and state.regs.get(base) == WDF_TABLE:
-                    # [table + 4k]: the function in slot k
-                    return ("wdf", disp // 4) if disp >= 0 and disp % 4 == 0 else None
-        return super().read(state, insn, text, establish)
+    def _global_read(self, state: State, insn: Insn, text: str) -> Value | None | object:
+        parsed = parse_memory(text, 32)
+        if parsed is not None and parsed[0] == 4:
+            _, base, disp = parsed
+            if base is None:
+                rva = (disp - self.base) & MASK32
+                if rva in self.runtime_slots:
+                    return ("imp", self.runtime_slots[rva])
+                if rva in self.wdf_tables:
+                    return WDF_TABLE
+            elif base != OTHER and state.regs.get(base) == WDF_TABLE:
+                # [table + 4k]: the function in slot k
+                return ("wdf", disp // 4) if disp >= 0 and disp % 4 == 0 else None
+        return NOT_GLOBAL
 
     def _field(self, state: State, pointer: Value | None, offset: int) -> Value | None:
         """The ULONG at pointer + offset: a structure on our stack, or in read-only data."""
@@ -352,14 +351,6 @@ class X86Semantics(IntelSemantics):
                 raw = self.image.read(rva, 4)
                 return int.from_bytes(raw, "little") if len(raw) == 4 else None
         return None
-
-    def write(self, state: State, insn: Insn, text: str, value: Value | None) -> None:
-        if isinstance(value, tuple) and value[0] == ROUTINE:
-            mem = self._mem(state, insn, text)
-            if mem is not None and mem[0] == "image" and mem[2] == 4:
-                # The global that keeps a looked-up pool API: calls through it call the API.
-                self.runtime_slots[mem[1]] = value[1]
-        super().write(state, insn, text, value)
 
     # --- calls ------------------------------------------------------------------------------
     def call_target(self, state: State, insn: Insn) -> Value | None:
