@@ -129,32 +129,62 @@ def operands(op_str: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in op_str.split(", ")) if op_str else ()
 
 
+# What move_plan makes of a `mov` (the first item of its tuple).
+MOVE_REGISTER, MOVE_LOAD, MOVE_STORE = "register", "load", "store"
+
+
 @lru_cache(maxsize=1 << 16)
-def register_move(op_str: str, bits: int) -> tuple[str, str | int | None, int] | None:
-    """`mov` into a general register, of a register of the same width (full, or 32 bits on
-    x64) or of an immediate, as transfer() runs it: (destination family, source family or the
-    value written, width in bits). None for any other mov, which goes the general way."""
+def move_plan(op_str: str, bits: int) -> tuple | None:
+    """A `mov` as transfer() runs it from its text parsed once (cached: the texts recur):
+    - (MOVE_REGISTER, destination family, source family or the value written, width): into a
+      general register, of a register of the same width (full, or 32 bits on x64) or of an
+      immediate;
+    - (MOVE_LOAD, destination family, destination width, base, displacement, width): into a
+      general register, from [base + disp] with a general base register;
+    - (MOVE_STORE, base, displacement, width, source family, source width, immediate): to
+      [base + disp], of a general register (source family set) or an immediate.
+    The base is never the stack pointer in 32-bit mode (x86 re-bases an unknown esp there).
+    None for any other mov, which goes the general way."""
     ops = operands(op_str)
-    if len(ops) != 2:
+    if len(ops) != 2 or ops[0] in HIGH_BYTES or ops[1] in HIGH_BYTES:
         return None
     regs = _REGS[bits]
     dest, source = regs.get(ops[0]), regs.get(ops[1])
-    if dest is None or ops[0] in HIGH_BYTES:
+    immediate = None
+    if source is None and (ops[1][:1].isdigit() or ops[1][:1] == "-"):
+        try:
+            immediate = int(ops[1], 0) & ((1 << bits) - 1)
+        except ValueError:
+            return None
+    if dest is not None:
+        if source is not None:
+            same = source[1] == dest[1] and (dest[1] == bits or dest[1] == 32)
+            return (MOVE_REGISTER, dest[0], source[0], dest[1]) if same else None
+        if immediate is not None:
+            value = immediate
+            if dest[1] == 32:
+                value = narrow(value, 32, bits)  # a 32-bit write zero-extends (x64)
+            elif dest[1] != bits:
+                value = None  # partial write: the whole register is unknown
+            return (MOVE_REGISTER, dest[0], value, dest[1])
+        memory = _based(ops[1], bits)
+        return (MOVE_LOAD, dest[0], dest[1], *memory) if memory is not None else None
+    memory = _based(ops[0], bits)
+    if memory is None or (source is None and immediate is None):
         return None
-    if source is not None:
-        same = source[1] == dest[1] and (dest[1] == bits or dest[1] == 32)
-        return (dest[0], source[0], dest[1]) if same and ops[1] not in HIGH_BYTES else None
-    if not (ops[1][:1].isdigit() or ops[1][:1] == "-"):
+    return (MOVE_STORE, *memory, *(source or (None, None)), immediate)
+
+
+def _based(text: str, bits: int) -> tuple[str, int, int] | None:
+    """(base family, displacement, width) of a memory operand [base + disp] whose base is a
+    general register (not the stack pointer in 32-bit mode); None for any other operand."""
+    parsed = parse_memory(text, bits)
+    if parsed is None:
         return None
-    try:
-        value: int | None = int(ops[1], 0) & ((1 << bits) - 1)
-    except ValueError:
-        value = None
-    if dest[1] == 32:
-        value = narrow(value, 32, bits)  # a 32-bit write zero-extends (x64)
-    elif dest[1] != bits:
-        value = None  # partial write: the whole register is unknown
-    return (dest[0], value, dest[1])
+    width, base, disp = parsed
+    if base is None or base in ("rip", OTHER) or (bits == 32 and base == "esp"):
+        return None
+    return (base, disp, width)
 
 
 def direct_target(op_str: str) -> int | None:
@@ -424,22 +454,25 @@ class IntelSemantics:
             self._keep_routine(state, insn, text, value[1])
         reg = self.regs.get(text)
         if reg is not None:
-            reg_family, bits = reg
-            if bits == self.bits:
-                if isinstance(value, int):
-                    value &= self.mask
-            elif bits == 32:
-                value = narrow(value, 32, self.bits)  # a 32-bit write zero-extends (x64)
-            else:
-                value = None  # partial write: the whole register is unknown
-            if value is None:
-                state.regs.pop(reg_family, None)
-            else:
-                state.regs[reg_family] = value
+            self._set_register(state, reg[0], reg[1], value)
             return
         mem = self._mem(state, insn, text)
         if mem is not None and mem[0] == "stack":
             write_stack(state, self.layout, mem[1], mem[2], value)
+
+    def _set_register(self, state: State, family: str, bits: int, value: Value | None) -> None:
+        """Write value through a register `bits` wide of family."""
+        if bits == self.bits:
+            if isinstance(value, int):
+                value &= self.mask
+        elif bits == 32:
+            value = narrow(value, 32, self.bits)  # a 32-bit write zero-extends (x64)
+        else:
+            value = None  # partial write: the whole register is unknown
+        if value is None:
+            state.regs.pop(family, None)
+        else:
+            state.regs[family] = value
 
     def _width(self, text: str) -> int:
         """The width in bytes of a register or memory operand."""
@@ -464,24 +497,47 @@ class IntelSemantics:
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
         if mnem == "mov":
-            # A third of the instructions; those between registers or of an immediate into
-            # a register run from their text parsed once.
-            plan = register_move(insn.op_str, self.bits)
+            # A third of the instructions; those between registers and immediates, and those
+            # through a base register, run from their text parsed once.
+            plan = move_plan(insn.op_str, self.bits)
             if plan is not None:
-                dest, source, bits = plan
-                if source.__class__ is str:
-                    value = state.regs.get(source)
-                    if bits != self.bits:
-                        value = narrow(value, bits, self.bits)
-                    elif value.__class__ is int:
-                        value &= self.mask
-                else:
-                    value = source
-                if value is None:
-                    state.regs.pop(dest, None)
-                else:
-                    state.regs[dest] = value
-                return
+                kind = plan[0]
+                regs = state.regs
+                if kind is MOVE_REGISTER:
+                    _, dest, source, bits = plan
+                    if source.__class__ is str:
+                        value = regs.get(source)
+                        if bits != self.bits:
+                            value = narrow(value, bits, self.bits)
+                        elif value.__class__ is int:
+                            value &= self.mask
+                    else:
+                        value = source
+                    if value is None:
+                        regs.pop(dest, None)
+                    else:
+                        regs[dest] = value
+                    return
+                if kind is MOVE_STORE:
+                    _, base, disp, width, source, bits, immediate = plan
+                    pointer = regs.get(base)
+                    if pointer.__class__ is tuple and pointer[0] == "sp":
+                        value = immediate if source is None else narrow(
+                            regs.get(source), bits, self.bits)
+                        write_stack(state, self.layout, pointer[1] + disp, width, value)
+                    return
+                if not self.tracks_globals:  # MOVE_LOAD, unless a global may be in it
+                    _, dest, bits, base, disp, width = plan
+                    pointer = regs.get(base)
+                    value = None
+                    if pointer.__class__ is tuple:
+                        if pointer[0] == "sp":
+                            value = read_stack(state, self.layout, pointer[1] + disp, width)
+                        elif width == 4 and pointer[0] == "arg":
+                            # A ULONG field of a structure the caller passed by pointer.
+                            value = (FIELD, pointer[1], disp)
+                    self._set_register(state, dest, bits, value)
+                    return
         inert = self._inert.get(mnem)
         if inert is None:
             inert = self._inert[mnem] = self._is_inert(mnem)
