@@ -287,10 +287,13 @@ def vector_reg(operand: str) -> str | None:
     return None
 
 
-def forget_vectors(state: State) -> None:
-    """A call: the callee may use any xmm register."""
-    for reg in [r for r in state.regs if r.startswith("xmm")]:
-        del state.regs[reg]
+VECTOR_REGS = frozenset(f"xmm{n}" for n in range(32))  # every name vector_reg gives
+
+
+def clobber(state: State, regs: frozenset[str]) -> None:
+    """Forget regs (a call: its volatile registers, and the xmm registers, which the callee may
+    use). A new dict of the survivors costs less than popping each; a state owns its dicts."""
+    state.regs = {reg: value for reg, value in state.regs.items() if reg not in regs}
 
 
 NOT_GLOBAL = object()  # _global_read: the read is not one of a global it knows
@@ -496,6 +499,8 @@ class IntelSemantics:
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
         mnem = insn.mnemonic
+        if mnem == "jmp" and insn.op_str[:1].isdigit():
+            return  # a direct jump writes nothing
         if mnem == "mov":
             # A third of the instructions; those between registers and immediates, and those
             # through a base register, run from their text parsed once.

@@ -42,14 +42,15 @@ from .intel import (
     NOT_GLOBAL,
     OTHER,
     ROUTINE,
+    VECTOR_REGS,
     WDF_TABLE,
     IntelBackend,
     IntelSemantics,
+    clobber,
     code_bounds,
     decode,
     direct_target,
     find_in,
-    forget_vectors,
     jumps_through,
     make_decoder,
     observed_insns,
@@ -63,6 +64,7 @@ from .structs import structure_tag
 
 ARG_REGS = ("rcx", "rdx", "r8", "r9")
 VOLATILE = ("rax", "rcx", "rdx", "r8", "r9", "r10", "r11")
+_CALL_CLOBBERS = frozenset(VOLATILE) | VECTOR_REGS  # what a call leaves unknown
 MAX_ARGS = 8
 # Stack argument k (k >= 4) is at 8 + 8k at entry: above the return address and the 32-byte
 # home space of the register arguments.
@@ -103,9 +105,7 @@ class X64Semantics(IntelSemantics):
                     result = (ROUTINE, name)
             elif target == ("imp", STRING_INIT_IMPORT):
                 self._init_unicode_string(state)
-        for reg in VOLATILE:
-            state.regs.pop(reg, None)
-        forget_vectors(state)
+        clobber(state, _CALL_CLOBBERS)
         sp = state.regs.get("rsp")
         if isinstance(sp, tuple) and sp[0] == "sp":
             # The callee owns its home space; everything else in our frame survives.

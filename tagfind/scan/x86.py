@@ -85,14 +85,15 @@ from .intel import (
     NOT_GLOBAL,
     OTHER,
     ROUTINE,
+    VECTOR_REGS,
     WDF_TABLE,
     IntelBackend,
     IntelSemantics,
+    clobber,
     code_bounds,
     decode,
     direct_target,
     find_in,
-    forget_vectors,
     jumps_through,
     make_decoder,
     observed_insns,
@@ -112,6 +113,7 @@ MAX_SLOTS = 10  # argument slots read at a call: enough for every API in apis.py
 # after the stack slots, and a call to a local function passes their values there.
 REG_ARGS = ("ecx", "edx", "eax", "ebx", "esi", "edi")
 VOLATILE = ("eax", "ecx", "edx")
+_CALL_CLOBBERS = frozenset(VOLATILE) | VECTOR_REGS  # what a call leaves unknown
 LAYOUT = FrameLayout(arg_base=4, slot=4, first_stack_arg=0, word_bits=32)
 EPOCH_SPAN = 1 << 24  # offsets of one epoch stay within +-16 MB of its base: no overlap
 
@@ -271,9 +273,7 @@ class X86Semantics(IntelSemantics):
             return
         pops = self.callee_pops(target)
         result = self._lookup_effect(state, target, sp) if self.modelled_calls else None
-        for reg in VOLATILE:
-            state.regs.pop(reg, None)
-        forget_vectors(state)
+        clobber(state, _CALL_CLOBBERS)
         if result is not None:
             state.regs["eax"] = result
         if self.moves_frame(target):
