@@ -175,6 +175,25 @@ def move_plan(op_str: str, bits: int) -> tuple | None:
     return (MOVE_STORE, *memory, *(source or (None, None)), immediate)
 
 
+@lru_cache(maxsize=1 << 16)
+def address_plan(op_str: str, bits: int) -> tuple[str, int, str, int] | None:
+    """A `lea` into a general register of [base + disp] (a general base register, not the
+    stack pointer in 32-bit mode, or rip) as transfer() runs it from its text parsed once:
+    (destination family, destination width, base, displacement); None for any other."""
+    ops = operands(op_str)
+    if len(ops) != 2 or ops[0] in HIGH_BYTES:
+        return None
+    dest = _REGS[bits].get(ops[0])
+    parsed = parse_memory(ops[1], bits)
+    if dest is None or parsed is None:
+        return None
+    _, base, disp = parsed
+    if base == "rip":
+        return (dest[0], dest[1], base, disp)
+    memory = _based(ops[1], bits)
+    return (dest[0], dest[1], memory[0], memory[1]) if memory is not None else None
+
+
 def _based(text: str, bits: int) -> tuple[str, int, int] | None:
     """(base family, displacement, width) of a memory operand [base + disp] whose base is a
     general register (not the stack pointer in 32-bit mode); None for any other operand."""
@@ -543,6 +562,18 @@ class IntelSemantics:
                             value = (FIELD, pointer[1], disp)
                     self._set_register(state, dest, bits, value)
                     return
+        if mnem == "lea":
+            plan = address_plan(insn.op_str, self.bits)
+            if plan is not None:
+                dest, bits, base, disp = plan
+                if base == "rip":
+                    value = self._image_address(insn.next + disp)
+                else:
+                    pointer = state.regs.get(base)
+                    value = (("sp", pointer[1] + disp)
+                             if pointer.__class__ is tuple and pointer[0] == "sp" else None)
+                self._set_register(state, dest, bits, value)
+                return
         inert = self._inert.get(mnem)
         if inert is None:
             inert = self._inert[mnem] = self._is_inert(mnem)
