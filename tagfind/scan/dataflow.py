@@ -14,6 +14,8 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections.abc import Callable, Hashable, Sequence
+from itertools import compress
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 Value = Hashable  # int constants, ("arg", i), ("sp", off), ("imp", name), ("glob", rva), ...
@@ -145,6 +147,7 @@ class State:
 
 
 _MISSING = object()
+_ADDRESS, _MNEMONIC = itemgetter(0), itemgetter(2)  # of an Insn
 
 
 class Insn(NamedTuple):
@@ -227,14 +230,15 @@ def run(
     if not insns:
         return True, []
     n = len(insns)
-    mnemonics = [insn[2] for insn in insns]
-    index_of = dict(zip([insn[0] for insn in insns], range(n), strict=True))
+    mnemonics = list(map(_MNEMONIC, insns))
+    index_of = dict(zip(map(_ADDRESS, insns), range(n), strict=True))
     # Whether an instruction just falls through depends on its mnemonic alone (no backend's
     # flow_of returns FALL_THROUGH for a branch), so flow_of is asked once per mnemonic (of
     # one instruction that has it), then for each instruction of the other mnemonics.
     one_of_each = dict(zip(mnemonics, insns, strict=True))
     branching = {m for m, insn in one_of_each.items() if flow_of(insn) is not FALL_THROUGH}
-    flows = {i: flow_of(insns[i]) for i, m in enumerate(mnemonics) if m in branching}
+    flows = {i: flow_of(insns[i])
+             for i in compress(range(n), map(branching.__contains__, mnemonics))}
     leaders = {0}
     for i, flow in flows.items():
         for target in flow.targets:
@@ -274,12 +278,12 @@ def run(
     # one does, and nowhere (not run) when neither.
     if isinstance(observed, Observed):
         maybe = {m for m in one_of_each if observed.mnemonics(m)}
-        observed_at = [i for i, m in enumerate(mnemonics) if m in maybe]
+        observed_at = list(compress(range(n), map(maybe.__contains__, mnemonics)))
         if observed.insn is not None:
             check = observed.insn
             observed_at = [i for i in observed_at if check(insns[i])]
     elif isinstance(observed, frozenset):
-        observed_at = [i for i, m in enumerate(mnemonics) if m in observed]
+        observed_at = list(compress(range(n), map(observed.__contains__, mnemonics)))
     else:
         observed_at = [i for i, insn in enumerate(insns) if observed(insn)]
     first_observed = []  # per block: the position in observed_at of its first observed one
