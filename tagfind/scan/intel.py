@@ -130,7 +130,7 @@ def operands(op_str: str) -> tuple[str, ...]:
 
 
 # What move_plan makes of a `mov` (the first item of its tuple).
-MOVE_REGISTER, MOVE_LOAD, MOVE_STORE = "register", "load", "store"
+MOVE_REGISTER, MOVE_LOAD, MOVE_RIP_LOAD, MOVE_STORE = "register", "load", "rip load", "store"
 
 
 @lru_cache(maxsize=1 << 16)
@@ -141,6 +141,8 @@ def move_plan(op_str: str, bits: int) -> tuple | None:
       immediate;
     - (MOVE_LOAD, destination family, destination width, base, displacement, width): into a
       general register, from [base + disp] with a general base register;
+    - (MOVE_RIP_LOAD, destination family, destination width, displacement, width): into a
+      general register, from [rip + disp];
     - (MOVE_STORE, base, displacement, width, source family, source width, immediate): to
       [base + disp], of a general register (source family set) or an immediate.
     The base is never the stack pointer in 32-bit mode (x86 re-bases an unknown esp there).
@@ -168,7 +170,12 @@ def move_plan(op_str: str, bits: int) -> tuple | None:
                 value = None  # partial write: the whole register is unknown
             return (MOVE_REGISTER, dest[0], value, dest[1])
         memory = _based(ops[1], bits)
-        return (MOVE_LOAD, dest[0], dest[1], *memory) if memory is not None else None
+        if memory is not None:
+            return (MOVE_LOAD, dest[0], dest[1], *memory)
+        parsed = parse_memory(ops[1], bits)
+        if parsed is not None and parsed[1] == "rip":
+            return (MOVE_RIP_LOAD, dest[0], dest[1], parsed[2], parsed[0])
+        return None
     memory = _based(ops[0], bits)
     if memory is None or (source is None and immediate is None):
         return None
@@ -316,6 +323,7 @@ def clobber(state: State, regs: frozenset[str]) -> None:
 
 
 NOT_GLOBAL = object()  # _global_read: the read is not one of a global it knows
+_UNREAD = object()  # _image_value: not looked at yet
 _VECTOR_INITIALS = frozenset("xyz")  # how an xmm/ymm/zmm operand begins
 # Mnemonics transfer() has a case of its own for (never inert).
 _HANDLED = frozenset({"mov", "movabs", "lea", "movzx", "movsx", "movsxd", "xor", "inc", "dec",
@@ -355,6 +363,7 @@ class IntelSemantics:
         # Set once runtime_slots or wdf_tables are known: from then on reads ask
         # _global_read first.
         self.tracks_globals = False
+        self._image_values: dict[tuple[int, int], Value | None] = {}  # _image_value's
         # Loads from read-only data fold to constants up to the register width.
         self.const_widths = frozenset((1, 2, 4, mode.word))
 
@@ -452,16 +461,7 @@ class IntelSemantics:
         if kind == "stack":
             return read_stack(state, self.layout, where, width)
         if kind == "image":
-            if width == self.word and where in self.imports:
-                return ("imp", self.imports[where])
-            if width in self.const_widths and self.image.is_readonly_data(where):
-                raw = self.image.read(where, width)
-                if len(raw) == width:
-                    return int.from_bytes(raw, "little")
-            if width in (4, self.word) and self.image.is_writable_data(where):
-                # A run-time value: never its initial bytes, which the driver may replace.
-                return (GLOBAL, where)
-            return None
+            return self._image_value(where, width)
         if width == 4:
             parsed = parse_memory(text, self.bits)
             if parsed is not None and parsed[1] not in (None, "rip", OTHER):
@@ -481,6 +481,27 @@ class IntelSemantics:
         mem = self._mem(state, insn, text)
         if mem is not None and mem[0] == "stack":
             write_stack(state, self.layout, mem[1], mem[2], value)
+
+    def _image_value(self, where: int, width: int) -> Value | None:
+        """What a load of width bytes at image RVA where gives, whatever the state: an import's
+        pointer, read-only data's bytes, a writable global's run-time value, or None. Kept per
+        address: a driver loads the same globals many times."""
+        key = (where, width)
+        value = self._image_values.get(key, _UNREAD)
+        if value is not _UNREAD:
+            return value
+        value = None
+        if width == self.word and where in self.imports:
+            value = ("imp", self.imports[where])
+        elif width in self.const_widths and self.image.is_readonly_data(where):
+            raw = self.image.read(where, width)
+            if len(raw) == width:
+                value = int.from_bytes(raw, "little")
+        elif width in (4, self.word) and self.image.is_writable_data(where):
+            # A run-time value: never its initial bytes, which the driver may replace.
+            value = (GLOBAL, where)
+        self._image_values[key] = value
+        return value
 
     def _set_register(self, state: State, family: str, bits: int, value: Value | None) -> None:
         """Write value through a register `bits` wide of family."""
@@ -520,6 +541,9 @@ class IntelSemantics:
         mnem = insn.mnemonic
         if mnem == "jmp" and insn.op_str[:1].isdigit():
             return  # a direct jump writes nothing
+        if mnem == "call":
+            self._call(state, insn)
+            return
         if mnem == "mov":
             # A third of the instructions; those between registers and immediates, and those
             # through a base register, run from their text parsed once.
@@ -550,7 +574,13 @@ class IntelSemantics:
                             regs.get(source), bits, self.bits)
                         write_stack(state, self.layout, pointer[1] + disp, width, value)
                     return
-                if not self.tracks_globals:  # MOVE_LOAD, unless a global may be in it
+                if kind is MOVE_RIP_LOAD:
+                    if not self.tracks_globals:  # else a global it knows may be read
+                        _, dest, bits, disp, width = plan
+                        self._set_register(state, dest, bits,
+                                           self._image_value(insn.next + disp, width))
+                        return
+                elif not self.tracks_globals:  # MOVE_LOAD, unless a global may be in it
                     _, dest, bits, base, disp, width = plan
                     pointer = regs.get(base)
                     value = None
