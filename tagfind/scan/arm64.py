@@ -198,8 +198,7 @@ def _operands(op_str: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in _SPLIT.split(op_str))
 
 
-@lru_cache(maxsize=1 << 16)
-def _imm(text: str) -> int | None:
+def _immediate(text: str) -> int | None:
     """An immediate, with or without '#' (capstone 6 drops it on addresses)."""
     text = text.strip()
     if text.startswith("#"):
@@ -212,18 +211,15 @@ def _imm(text: str) -> int | None:
         return None
 
 
+# Cached for operands (the same texts recur thousands of times), not for branch targets
+# (nearly each its own).
+_imm = lru_cache(maxsize=1 << 16)(_immediate)
+
+
 def _branch_target(op_str: str) -> int | None:
     """The target of a direct branch: its last operand (`b #0x1234`, `cbz x0, #0x1234`,
-    `tbz w1, #3, #0x1234`; capstone 6 drops the '#'), None when it is not an immediate."""
-    text = op_str.rpartition(",")[2].strip()
-    if text[:1] == "#":
-        text = text[1:]
-    if not text or not (text[0].isdigit() or text[0] == "-"):
-        return None
-    try:
-        return int(text, 0)
-    except ValueError:
-        return None
+    `tbz w1, #3, #0x1234`), None when it is not an immediate."""
+    return _immediate(op_str.rpartition(",")[2])
 
 
 _ENDS = Flow((), False)  # control does not go on after the instruction: ret, br, a bare b

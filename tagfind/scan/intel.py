@@ -1,7 +1,8 @@
 """What the x64 and x86 backends share: the x86 family's instructions in capstone's Intel text.
 
 This module owns the register tables of each mode (64- and 32-bit), the parsing of text
-operands (`dword ptr [reg + disp]`, immediates), the tables of what an instruction writes (ALU
+operands (`dword ptr [reg + disp]`, immediates; the commonest `mov` and `lea` forms parsed once
+into plans that transfer() runs), the tables of what an instruction writes (ALU
 folding, implicit writes, instructions that write nothing), a base semantics class with every
 transfer rule both modes follow alike, control flow (jumps and terminators), the linear decode
 loop, and the numpy pass over the code bytes that both backends' candidate searches start from
@@ -545,8 +546,8 @@ class IntelSemantics:
             self._call(state, insn)
             return
         if mnem == "mov":
-            # A third of the instructions; those between registers and immediates, and those
-            # through a base register, run from their text parsed once.
+            # A third of the instructions; those between registers and immediates, through a
+            # base register and from rip-relative memory run from their text parsed once.
             plan = move_plan(insn.op_str, self.bits)
             if plan is not None:
                 kind = plan[0]
