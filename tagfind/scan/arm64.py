@@ -75,6 +75,7 @@ from .finder import CallEvent, DirectCalls
 from .frames import (
     CallIndex,
     FrameLayout,
+    clobber,
     entry_state,
     narrow,
     read_stack,
@@ -93,6 +94,7 @@ VOLATILE = (*(f"x{n}" for n in range(18)), "x30")
 # x0-x8 (LLVM's CSR_Win_AArch64_CFGuard_Check) and the checked target in x15, which MSVC
 # calls afterwards (`blr x15`).
 GUARD_CHECK_CLOBBERS = (*(f"x{n}" for n in range(9, 15)), "x16", "x17", "x30")
+_CALL_CLOBBERED = frozenset(VOLATILE)
 _GUARD_CHECK_CLOBBERED = frozenset(GUARD_CHECK_CLOBBERS)
 LAYOUT = FrameLayout(arg_base=0, slot=8, first_stack_arg=8, word_bits=64)
 
@@ -275,14 +277,9 @@ class Arm64Semantics:
     def set(state: State, name: str, value: Value | None) -> None:
         _assign(state, REGS.get(name), value)  # xzr/wzr, or not a general register: nothing
 
-    def operand(self, state: State, text: str) -> Value | None:
-        reg = REGS.get(text)
-        if reg is not None:
-            value = state.regs.get(reg[0])
-            return value if reg[1] == 64 or value is None else narrow(value, reg[1], 64)
-        if text in ZERO_REGS:
-            return 0
-        return _imm(text)
+    @staticmethod
+    def operand(state: State, text: str) -> Value | None:
+        return _value(state, _operand_source(text))
 
     # --- memory -----------------------------------------------------------------------------
     def _load(self, state: State, where: tuple, width: int) -> Value | None:
@@ -396,7 +393,7 @@ class Arm64Semantics:
         """The instructions _plan leaves as text."""
         if not ops:
             if mnem in ("bl", "blr"):
-                self._clobber(state)
+                clobber(state, _CALL_CLOBBERED)
             return
         if mnem in _PLAIN_LOADS:
             self._literal_load(state, mnem, ops)
@@ -419,7 +416,7 @@ class Arm64Semantics:
         elif mnem in ("bl", "blr"):
             self._call(state, insn)
         elif mnem in ("blraa", "blrab", "blraaz", "blrabz"):
-            self._clobber(state)
+            clobber(state, _CALL_CLOBBERED)
         elif mnem in _NO_WRITE or mnem in _TERMINATORS or mnem == "b" \
                 or mnem.startswith(_COND_BRANCH):
             return
@@ -490,12 +487,6 @@ class Arm64Semantics:
         elif where[0] == "other" and REGS.get(base_reg, ("",))[0] == "sp":
             state.stack.clear()  # an sp-relative store at an index we cannot follow
 
-    @staticmethod
-    def _clobber(state: State, regs: frozenset[str] = frozenset(VOLATILE)) -> None:
-        # A new dict of the survivors: cheaper than popping each of 19 registers (a state
-        # owns its dicts, so nothing else sees the old one).
-        state.regs = {reg: value for reg, value in state.regs.items() if reg not in regs}
-
     def _call(self, state: State, insn: Insn) -> None:
         """bl/blr: a CFG check keeps the argument registers; MmGetSystemRoutineAddress and
         RtlInitUnicodeString have the effects modelled below; any other call clobbers the
@@ -503,7 +494,7 @@ class Arm64Semantics:
         text = insn.op_str.strip()
         raw = self.get(state, text) if text in REGS else None
         if raw == GUARD_CHECK:
-            self._clobber(state, _GUARD_CHECK_CLOBBERED)
+            clobber(state, _GUARD_CHECK_CLOBBERED)
             return
         result = None
         if self.modelled_calls:
@@ -514,7 +505,7 @@ class Arm64Semantics:
                     result = (ROUTINE, name)
             elif target == ("imp", STRING_INIT_IMPORT):
                 self._init_unicode_string(state)
-        self._clobber(state)
+        clobber(state, _CALL_CLOBBERED)
         if result is not None:
             state.regs["x0"] = result
 

@@ -99,6 +99,12 @@ def stack_fields(state: State, args: Sequence[Value | None]
     return tuple(out)
 
 
+def clobber(state: State, regs: frozenset[str]) -> None:
+    """Forget regs (what a call leaves unknown). A new dict of the survivors costs less than
+    popping each; a state owns its dicts, so nothing else sees the old one."""
+    state.regs = {reg: value for reg, value in state.regs.items() if reg not in regs}
+
+
 def drop_below(state: State, offset: int) -> None:
     """Forget slots below offset: the callee owned that memory."""
     for off in [o for o in state.stack if o < offset]:

@@ -314,13 +314,9 @@ def vector_reg(operand: str) -> str | None:
     return None
 
 
-VECTOR_REGS = frozenset(f"xmm{n}" for n in range(32))  # every name vector_reg gives
+# Every name vector_reg gives: a call forgets them all (the callee may use any).
+VECTOR_REGS = frozenset(f"xmm{n}" for n in range(32))
 
-
-def clobber(state: State, regs: frozenset[str]) -> None:
-    """Forget regs (a call: its volatile registers, and the xmm registers, which the callee may
-    use). A new dict of the survivors costs less than popping each; a state owns its dicts."""
-    state.regs = {reg: value for reg, value in state.regs.items() if reg not in regs}
 
 
 NOT_GLOBAL = object()  # _global_read: the read is not one of a global it knows
@@ -554,18 +550,10 @@ class IntelSemantics:
                 regs = state.regs
                 if kind is MOVE_REGISTER:
                     _, dest, source, bits = plan
-                    if source.__class__ is str:
-                        value = regs.get(source)
-                        if bits != self.bits:
-                            value = narrow(value, bits, self.bits)
-                        elif value.__class__ is int:
-                            value &= self.mask
-                    else:
-                        value = source
-                    if value is None:
-                        regs.pop(dest, None)
-                    else:
-                        regs[dest] = value
+                    # A source register is as wide as dest: _set_register's narrowing is the
+                    # read's too.
+                    self._set_register(state, dest, bits,
+                                       regs.get(source) if source.__class__ is str else source)
                     return
                 if kind is MOVE_STORE:
                     _, base, disp, width, source, bits, immediate = plan

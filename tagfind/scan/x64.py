@@ -36,7 +36,7 @@ from ..apis import (
 )
 from .dataflow import Flow, Insn, State, Value, jump_table_flow, run
 from .finder import CallEvent, DirectCalls
-from .frames import CallIndex, FrameLayout, entry_state, read_stack, write_stack
+from .frames import CallIndex, FrameLayout, clobber, entry_state, read_stack, write_stack
 from .intel import (
     MODE64,
     NOT_GLOBAL,
@@ -46,7 +46,6 @@ from .intel import (
     WDF_TABLE,
     IntelBackend,
     IntelSemantics,
-    clobber,
     code_bounds,
     decode,
     direct_target,

@@ -74,6 +74,7 @@ from .finder import CallEvent, DirectCalls
 from .frames import (
     CallIndex,
     FrameLayout,
+    clobber,
     drop_below,
     entry_state,
     read_stack,
@@ -89,7 +90,6 @@ from .intel import (
     WDF_TABLE,
     IntelBackend,
     IntelSemantics,
-    clobber,
     code_bounds,
     decode,
     direct_target,
