@@ -55,12 +55,13 @@ def read_stack(state: State, layout: FrameLayout, offset: int, width: int) -> Va
         if stored_width >= width:
             return narrow(value, width * 8, layout.word_bits)
         return None
+    if not (state.fresh and offset >= layout.arg_base
+            and (offset - layout.arg_base) % layout.slot == 0):
+        return None  # an unwritten local (or not the caller's argument slot)
     for off, (w, _) in state.stack.items():
         if off < offset + width and offset < off + w:
             return None  # partly overwritten
-    if state.fresh and offset >= layout.arg_base and (offset - layout.arg_base) % layout.slot == 0:
-        return ("arg", layout.first_stack_arg + (offset - layout.arg_base) // layout.slot)
-    return None
+    return ("arg", layout.first_stack_arg + (offset - layout.arg_base) // layout.slot)
 
 
 def write_stack(state: State, layout: FrameLayout, offset: int, width: int,

@@ -88,6 +88,8 @@ PTR_WIDTH = {"byte": 1, "word": 2, "dword": 4, "qword": 8, "tbyte": 10, "xmmword
              "ymmword": 32, "zmmword": 64}
 _MEM = re.compile(r"^(?:(\w+) ptr )?(?:(\w+):)?\[([^\]]*)\]$")
 _TERM = re.compile(r"([+-])?\s*(\w+)(?:\*(\d))?")
+# [base], [base + disp], [base - disp]: most memory operands (the base checked by the caller).
+_BASED = re.compile(r"(?:(\w+) ptr )?\[(\w+)(?: ([+-]) (0x[0-9a-f]+|\d+))?\]$")
 OTHER = "?"  # the base of a memory operand that is not a full register plus a constant
 
 
@@ -98,6 +100,19 @@ def parse_memory(text: str, bits: int) -> tuple[int, str | None, int] | None:
     a narrow base, a segment other than ds/ss: fs:/gs: point at the KPCR/TEB, not our frame).
     None if text is not a memory operand. Cached: the same operand strings recur thousands of
     times in one image."""
+    m = _BASED.match(text)
+    if m is not None:  # the common shape, in one match
+        size, base, sign, number = m.groups()
+        regs = _REGS[bits]
+        if base == "rip" or base in regs:
+            width = PTR_WIDTH.get(size, bits // 8)
+            disp = 0 if number is None else int(number, 0)
+            if sign == "-":
+                disp = -disp
+            if base == "rip":
+                return (width, base, disp)
+            base_family, base_bits = regs[base]
+            return (width, base_family, disp) if base_bits == bits else (width, OTHER, 0)
     m = _MEM.match(text)
     if not m:
         return None
@@ -354,7 +369,7 @@ class IntelSemantics:
         self.mask = mode.mask
         self.word = mode.word
         self.sp = mode.sp
-        self._inert: dict[str, bool] = {}  # mnemonic -> _is_inert(mnemonic)
+        self._handlers: dict[str, Callable[[State, Insn], None]] = {}  # transfer's, by mnemonic
         self.runtime_slots: dict[int, str] = {}  # global RVA -> pool API its pointer holds
         self.wdf_tables: set[int] = set()  # RVAs of WdfFunctions variables
         # Set once runtime_slots or wdf_tables are known: from then on reads ask
@@ -535,69 +550,92 @@ class IntelSemantics:
 
     # --- transfer ---------------------------------------------------------------------------
     def transfer(self, state: State, insn: Insn) -> None:
-        mnem = insn.mnemonic
-        if mnem == "jmp" and insn.op_str[:1].isdigit():
-            return  # a direct jump writes nothing
+        # One handler per mnemonic, chosen once (_handler_for): the common mnemonics skip the
+        # tests the general case makes.
+        handler = self._handlers.get(insn.mnemonic)
+        if handler is None:
+            handler = self._handlers[insn.mnemonic] = self._handler_for(insn.mnemonic)
+        handler(state, insn)
+
+    def _handler_for(self, mnem: str) -> Callable[[State, Insn], None]:
+        if mnem == "jmp":
+            return self._jump
         if mnem == "call":
-            self._call(state, insn)
-            return
+            return self._call
         if mnem == "mov":
-            # A third of the instructions; those between registers and immediates, through a
-            # base register and from rip-relative memory run from their text parsed once.
-            plan = move_plan(insn.op_str, self.bits)
-            if plan is not None:
-                kind = plan[0]
-                regs = state.regs
-                if kind is MOVE_REGISTER:
-                    _, dest, source, bits = plan
-                    # A source register is as wide as dest: _set_register's narrowing is the
-                    # read's too.
-                    self._set_register(state, dest, bits,
-                                       regs.get(source) if source.__class__ is str else source)
-                    return
-                if kind is MOVE_STORE:
-                    _, base, disp, width, source, bits, immediate = plan
-                    pointer = regs.get(base)
-                    if pointer.__class__ is tuple and pointer[0] == "sp":
-                        value = immediate if source is None else narrow(
-                            regs.get(source), bits, self.bits)
-                        write_stack(state, self.layout, pointer[1] + disp, width, value)
-                    return
-                if kind is MOVE_RIP_LOAD:
-                    if not self.tracks_globals:  # else a global it knows may be read
-                        _, dest, bits, disp, width = plan
-                        self._set_register(state, dest, bits,
-                                           self._image_value(insn.next + disp, width))
-                        return
-                elif not self.tracks_globals:  # MOVE_LOAD, unless a global may be in it
-                    _, dest, bits, base, disp, width = plan
-                    pointer = regs.get(base)
-                    value = None
-                    if pointer.__class__ is tuple:
-                        if pointer[0] == "sp":
-                            value = read_stack(state, self.layout, pointer[1] + disp, width)
-                        elif width == 4 and pointer[0] == "arg":
-                            # A ULONG field of a structure the caller passed by pointer.
-                            value = (FIELD, pointer[1], disp)
-                    self._set_register(state, dest, bits, value)
-                    return
+            return self._move
         if mnem == "lea":
-            plan = address_plan(insn.op_str, self.bits)
-            if plan is not None:
-                dest, bits, base, disp = plan
-                if base == "rip":
-                    value = self._image_address(insn.next + disp)
-                else:
-                    pointer = state.regs.get(base)
-                    value = (("sp", pointer[1] + disp)
-                             if pointer.__class__ is tuple and pointer[0] == "sp" else None)
+            return self._load_address
+        if self._is_inert(mnem):
+            return self._inert_unless_vector
+        return self._transfer_general
+
+    def _jump(self, state: State, insn: Insn) -> None:
+        if not insn.op_str[:1].isdigit():  # a direct jump writes nothing
+            self._transfer_general(state, insn)
+
+    def _inert_unless_vector(self, state: State, insn: Insn) -> None:
+        if insn.op_str[:1] in _VECTOR_INITIALS:
+            self._transfer_general(state, insn)
+
+    def _move(self, state: State, insn: Insn) -> None:
+        # A third of the instructions; those between registers and immediates, through a
+        # base register and from rip-relative memory run from their text parsed once.
+        plan = move_plan(insn.op_str, self.bits)
+        if plan is not None:
+            kind = plan[0]
+            regs = state.regs
+            if kind is MOVE_REGISTER:
+                _, dest, source, bits = plan
+                # A source register is as wide as dest: _set_register's narrowing is the
+                # read's too.
+                self._set_register(state, dest, bits,
+                                   regs.get(source) if source.__class__ is str else source)
+                return
+            if kind is MOVE_STORE:
+                _, base, disp, width, source, bits, immediate = plan
+                pointer = regs.get(base)
+                if pointer.__class__ is tuple and pointer[0] == "sp":
+                    value = immediate if source is None else narrow(
+                        regs.get(source), bits, self.bits)
+                    write_stack(state, self.layout, pointer[1] + disp, width, value)
+                return
+            if kind is MOVE_RIP_LOAD:
+                if not self.tracks_globals:  # else a global it knows may be read
+                    _, dest, bits, disp, width = plan
+                    self._set_register(state, dest, bits,
+                                       self._image_value(insn.next + disp, width))
+                    return
+            elif not self.tracks_globals:  # MOVE_LOAD, unless a global may be in it
+                _, dest, bits, base, disp, width = plan
+                pointer = regs.get(base)
+                value = None
+                if pointer.__class__ is tuple:
+                    if pointer[0] == "sp":
+                        value = read_stack(state, self.layout, pointer[1] + disp, width)
+                    elif width == 4 and pointer[0] == "arg":
+                        # A ULONG field of a structure the caller passed by pointer.
+                        value = (FIELD, pointer[1], disp)
                 self._set_register(state, dest, bits, value)
                 return
-        inert = self._inert.get(mnem)
-        if inert is None:
-            inert = self._inert[mnem] = self._is_inert(mnem)
-        if inert and insn.op_str[:1] not in _VECTOR_INITIALS:
+        self._transfer_general(state, insn)
+
+    def _load_address(self, state: State, insn: Insn) -> None:
+        plan = address_plan(insn.op_str, self.bits)
+        if plan is not None:
+            dest, bits, base, disp = plan
+            if base == "rip":
+                value = self._image_address(insn.next + disp)
+            else:
+                pointer = state.regs.get(base)
+                value = (("sp", pointer[1] + disp)
+                         if pointer.__class__ is tuple and pointer[0] == "sp" else None)
+            self._set_register(state, dest, bits, value)
             return
+        self._transfer_general(state, insn)
+
+    def _transfer_general(self, state: State, insn: Insn) -> None:
+        mnem = insn.mnemonic
         if insn.op_str[:1] in "xyz":
             # A write to a vector register ends what we knew of it, unless it is a copy below.
             reg = vector_reg(insn.op_str.split(",", 1)[0])
