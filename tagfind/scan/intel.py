@@ -700,8 +700,8 @@ class IntelSemantics:
 
     def _is_inert(self, mnem: str) -> bool:
         """Whether transfer() leaves the state alone for every instruction with this mnemonic
-        (unless its first operand is a vector register): compares, tests, conditional jumps.
-        Tested first: they are a fifth of the instructions."""
+        (unless its first operand is a vector register): compares, tests, conditional jumps,
+        a fifth of the instructions. Asked once per mnemonic (_handler_for)."""
         if mnem in _HANDLED or mnem in self.mode.alu or mnem in VECTOR_MOVES \
                 or mnem in self.mode.implicit or " " in mnem \
                 or mnem.startswith(("rep", "stos", "movs", "scas", "cmps", "set", "cmov")):
