@@ -100,39 +100,35 @@ def parse_memory(text: str, bits: int) -> tuple[int, str | None, int] | None:
     a narrow base, a segment other than ds/ss: fs:/gs: point at the KPCR/TEB, not our frame).
     None if text is not a memory operand. Cached: the same operand strings recur thousands of
     times in one image."""
-    m = _BASED.match(text)
-    if m is not None:  # the common shape, in one match
-        size, base, sign, number = m.groups()
-        regs = _REGS[bits]
-        if base == "rip" or base in regs:
-            width = PTR_WIDTH.get(size, bits // 8)
-            disp = 0 if number is None else int(number, 0)
-            if sign == "-":
-                disp = -disp
-            if base == "rip":
-                return (width, base, disp)
-            base_family, base_bits = regs[base]
-            return (width, base_family, disp) if base_bits == bits else (width, OTHER, 0)
-    m = _MEM.match(text)
-    if not m:
-        return None
-    width = PTR_WIDTH.get(m.group(1), bits // 8)
-    if m.group(2) and m.group(2) not in ("ds", "ss"):
-        return (width, OTHER, 0)
     regs = _REGS[bits]
-    base = None
-    disp = 0
-    for sign, term, scale in _TERM.findall(m.group(3)):
-        if term in regs or term == "rip":
-            if scale or base is not None:
-                return (width, OTHER, 0)
-            base = term
-        else:
-            try:
-                value = int(term, 0)
-            except ValueError:
-                return (width, OTHER, 0)
-            disp += -value if sign == "-" else value
+    m = _BASED.match(text)
+    if m is not None and (m.group(2) == "rip" or m.group(2) in regs):
+        # The common shape, in one match.
+        size, base, sign, number = m.groups()
+        width = PTR_WIDTH.get(size, bits // 8)
+        disp = 0 if number is None else int(number, 0)
+        if sign == "-":
+            disp = -disp
+    else:
+        m = _MEM.match(text)
+        if not m:
+            return None
+        width = PTR_WIDTH.get(m.group(1), bits // 8)
+        if m.group(2) and m.group(2) not in ("ds", "ss"):
+            return (width, OTHER, 0)
+        base = None
+        disp = 0
+        for sign, term, scale in _TERM.findall(m.group(3)):
+            if term in regs or term == "rip":
+                if scale or base is not None:
+                    return (width, OTHER, 0)
+                base = term
+            else:
+                try:
+                    value = int(term, 0)
+                except ValueError:
+                    return (width, OTHER, 0)
+                disp += -value if sign == "-" else value
     if base is None or base == "rip":
         return (width, base, disp)
     base_family, base_bits = regs[base]
@@ -683,8 +679,6 @@ class IntelSemantics:
             a, b = self.read(state, insn, ops[0]), self.read(state, insn, ops[1])
             self.write(state, insn, ops[0], b)
             self.write(state, insn, ops[1], a)
-        elif mnem == "call":
-            self._call(state, insn)
         elif mnem == "leave":
             fp = self.mode.fp
             frame = state.regs.get(fp)
