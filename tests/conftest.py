@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from fixtures import build as fixture_build
+# As tagfind's own process has it (workers.py): numpy's OpenBLAS without a thread per core,
+# so that this process has one thread and its index refreshes fork their workers as the
+# command does, rather than always taking the fallback of new interpreters.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+from fixtures import build as fixture_build  # noqa: E402
 
 
 def in_ci() -> bool:

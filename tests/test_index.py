@@ -273,7 +273,26 @@ def test_a_worker_runs_numpy_with_one_blas_thread(monkeypatch) -> None:
     assert threads({**workers._worker_env(), "OPENBLAS_NUM_THREADS": "4"}) > 1
 
 
-def test_worker_processes_give_the_same_results(tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_worker_processes_give_the_same_results(start: str, tree: Path, tmp_path: Path,
+                                                monkeypatch) -> None:
+    """Workers forked from this process (Linux, one thread) and workers started as new
+    interpreters give what a scan in this process gives, and the asked-for kind is the kind
+    that ran."""
+    import tagfind.index.workers as workers
+
+    if start == "fork" and not workers._may_fork():
+        pytest.skip("workers are forks only on Linux, from a process with one thread")
+    forks: list[object] = []
+
+    class CountedFork(workers._ForkedProcess):
+        def __init__(self, close_fds: list[int]) -> None:
+            super().__init__(close_fds)
+            forks.append(self)
+
+    monkeypatch.setattr(workers, "_ForkedProcess", CountedFork)
+    if start == "spawn":
+        monkeypatch.setattr(workers, "_may_fork", lambda: False)
     files = listing(tree)
     with Index(tmp_path / "one.sqlite3") as one, Index(tmp_path / "two.sqlite3") as two:
         one.refresh(files, jobs=1)
@@ -281,6 +300,23 @@ def test_worker_processes_give_the_same_results(tree: Path, tmp_path: Path) -> N
         assert stats.scanned == 8 and stats.failed == []
         assert two.sites() == one.sites()
         assert two.file_rows() == one.file_rows()
+    assert len(forks) == (2 if start == "fork" else 0)
+    assert all(fork.returncode is not None for fork in forks)  # each reaped
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forks only on Linux")
+@pytest.mark.parametrize("other_thread", [False, True])
+def test_no_fork_while_another_thread_runs(other_thread: bool) -> None:
+    """A fork copies only the calling thread, so a lock another thread held stays locked in
+    the child forever: with a second thread alive, workers are new interpreters instead. In a
+    fresh process, where nothing else has started threads."""
+    code = ("import threading; from tagfind.index import workers; workers.import_scanner();"
+            " stop = threading.Event();"
+            f" thread = threading.Thread(target=stop.wait); {other_thread} and thread.start();"
+            " print(workers._can_fork()); stop.set()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(not other_thread)
 
 
 def test_time_limit_in_worker_processes(tree: Path, tmp_path: Path) -> None:

@@ -31,4 +31,9 @@ def _bar(show: bool, total: int, what: str):
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=what, unit="file", file=sys.stderr, leave=False)
+    class _Bar(tqdm):
+        # No monitor thread (it only retunes the redraw rate of a stalled bar): with a second
+        # thread alive, the scanning workers could not be forks of this process (workers.py).
+        monitor_interval = 0
+
+    return _Bar(total=total, desc=what, unit="file", file=sys.stderr, leave=False)
