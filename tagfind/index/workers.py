@@ -388,7 +388,10 @@ class _Pool:
     def run(self, tasks: list[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], _Outcome]]:
         todo = list(reversed(tasks))  # pop() from the end keeps the given order
         if _may_fork():
-            import_scanner()  # once here, instead of once in each worker process
+            try:
+                import_scanner()  # once here, instead of once in each worker process
+            except Exception:  # noqa: BLE001 (not imported: workers are new interpreters,
+                pass  # which fail to start as before and leave the scan to this process)
         try:
             while todo or self._busy():
                 if self.start_failures >= WORKER_START_FAILURES:
