@@ -300,9 +300,7 @@ def test_worker_processes_give_the_same_results(start: str, tree: Path, tmp_path
         assert stats.scanned == 8 and stats.failed == []
         assert two.sites() == one.sites()
         assert two.file_rows() == one.file_rows()
-    # A thread that has just ended (the hashing pool's) may still be counted for a moment,
-    # and a worker made then is a new interpreter: safe, so only one fork is demanded.
-    assert (len(forks) >= 1) if start == "fork" else not forks
+    assert len(forks) == (2 if start == "fork" else 0)
     assert all(fork.returncode is not None for fork in forks)  # each reaped
 
 

@@ -291,10 +291,20 @@ class _Worker:
 
 def _may_fork() -> bool:
     """The part of _can_fork known before the scanner is imported."""
-    try:
-        return sys.platform == "linux" and len(os.listdir("/proc/self/task")) == 1
-    except OSError:
+    if sys.platform != "linux":
         return False
+    # A Python thread that has just ended (the hashing pool's) may be counted by the kernel
+    # for a moment longer: wait for it briefly, never for a thread that still runs.
+    for _ in range(50):
+        try:
+            if len(os.listdir("/proc/self/task")) == 1:
+                return True
+        except OSError:
+            return False
+        if threading.active_count() > 1:
+            return False
+        time.sleep(0.001)
+    return False
 
 
 def _can_fork() -> bool:
