@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -159,14 +160,17 @@ def resolvers_followed(image) -> frozenset[str]:
     without one of RUNTIME_LOOKUP_APIS's names in that form no lookup gives a pool API, and
     following its calls (a first analysis pass, and modelling the call) cannot change a site."""
     names = set(image.imports.values()) & RESOLVER_IMPORTS
-    if ROUTINE_LOOKUP_IMPORT in names and not image.holds(_RUNTIME_LOOKUP_TEXT):
+    if ROUTINE_LOOKUP_IMPORT in names and not image.holds(_runtime_lookup_text()):
         names.discard(ROUTINE_LOOKUP_IMPORT)
     return frozenset(names)
 
 
-# Any of RUNTIME_LOOKUP_APIS as UTF-16 text: one pass over an image instead of one per name.
-_RUNTIME_LOOKUP_TEXT = re.compile(b"|".join(
-    re.escape(name.encode("utf-16-le")) for name in sorted(RUNTIME_LOOKUP_APIS)))
+@cache
+def _runtime_lookup_text() -> re.Pattern[bytes]:
+    """Any of RUNTIME_LOOKUP_APIS as UTF-16 text: one pass over an image instead of one per
+    name. Compiled on first use: a query that scans nothing need not pay 2 ms for it."""
+    return re.compile(b"|".join(
+        re.escape(name.encode("utf-16-le")) for name in sorted(RUNTIME_LOOKUP_APIS)))
 
 # WDF_BIND_INFO (fxldr.h): ULONG Size; PWCHAR Component; WDF_VERSION Version (3 ULONGs);
 # ULONG FuncCount; WDFFUNC *FuncTable; ... FuncTable's offset by pointer width in bits.

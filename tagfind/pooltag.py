@@ -301,14 +301,25 @@ _SYSTEM_COPIES: tuple[tuple[str, ...], ...] = (
 
 def shipped_path() -> Path | None:
     """The facts file installed as tagfind.data/pooltag.txt (or data/ in a source tree)."""
-    try:
-        from importlib.resources import files
+    folder = shipped_data_dir()
+    candidate = folder / "pooltag.txt" if folder is not None else None
+    return candidate if candidate is not None and _present(candidate) else None
 
-        candidate = files("tagfind.data") / "pooltag.txt"
-    except (ModuleNotFoundError, OSError):  # a source checkout not installed, or not ours
-        candidate = Path(__file__).resolve().parents[1] / "data" / "pooltag.txt"
-    # Only a file on disk can be listed as a path; the data ships unzipped in wheels.
-    return candidate if isinstance(candidate, Path) and _present(candidate) else None
+
+def shipped_data_dir() -> Path | None:
+    """The folder of the tagfind.data package on disk (data/ of a source tree when tagfind is
+    run from one uninstalled); None when it is not a folder (a zipped install). Found through
+    the package's __path__ rather than importlib.resources, whose import is about a tenth of
+    a warm query's time."""
+    try:
+        import tagfind.data as data
+    except ImportError:  # a source checkout not installed
+        folder = Path(__file__).resolve().parents[1] / "data"
+        return folder if folder.is_dir() else None
+    for location in getattr(data, "__path__", ()):
+        if os.path.isdir(location):
+            return Path(location)
+    return None
 
 
 def _resolve_nocase(base: Path, parts: Sequence[str]) -> Path | None:

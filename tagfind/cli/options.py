@@ -267,18 +267,17 @@ def resolve_pool_file(path: str) -> str:
 def samples_dir() -> str:
     """The folder of the shipped sample pool logs (tagfind.data/samples, or data/samples in a
     source tree)."""
-    from importlib.resources import files
     from pathlib import Path
+
+    from ..pooltag import shipped_data_dir
 
     # A source checkout first (data/ beside the package): an editable install of another
     # checkout would otherwise answer for tagfind.data.
     here = Path(__file__).resolve().parents[2] / "data" / "samples"
     if (here / "README.md").is_file() and (here.parent / "pooltag.txt").is_file():
         return str(here)
-    try:
-        return str(files("tagfind.data") / "samples")
-    except ModuleNotFoundError:
-        return str(here)
+    installed = shipped_data_dir()
+    return str(installed / "samples") if installed is not None else str(here)
 
 
 def load_pooltag_db(src: SourceOptions, tags: set[str], index: Any = None) -> Any:
