@@ -11,14 +11,13 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .limits import MAX_FILE_SIZE
 from .tags import tag_bytes
 
 
-@dataclass(frozen=True)
-class ByteMatch:
+class ByteMatch(NamedTuple):
     path: str
     tag: int
     offset: int  # file offset of the first occurrence

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tagfind.tags import PROTECTED_POOL, str_to_tag, tag_bytes
 
@@ -54,8 +54,7 @@ _FILE_EXTENSIONS = (".sys", ".dll", ".exe")
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One tag line. `pattern` is the 4-character tag as written (spaces kept; `?` matches
     one character, `*` the rest); `binary_field` is the owner text as written ("" when the
     line names none) and `binaries` the owners it lists."""

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 
-@dataclass(frozen=True)
-class Partial:
+class Partial(NamedTuple):
     """The index as it is when the early answer is asked: every listed path (`listed`) but
     those in `unindexed` is indexed with its current content."""
 

@@ -5,6 +5,7 @@ here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..tags import tag_to_str
 
@@ -35,8 +36,7 @@ class SiteRow:
         return None if self.tag is None else tag_to_str(self.tag)
 
 
-@dataclass(frozen=True)
-class FileRow:
+class FileRow(NamedTuple):
     """One indexed file. `error` is set when its content could not be scanned."""
 
     path: str
@@ -69,8 +69,7 @@ class RefreshStats:
     walk_seconds: float = 0.0  # finding the files before the refresh (set by its caller)
 
 
-@dataclass(frozen=True)
-class IndexStats:
+class IndexStats(NamedTuple):
     """Totals over the whole index."""
 
     path: str
