@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class TagTable:
+class TagTable(NamedTuple):
     """Tags in an array of registration entries that a pointer field of the argument
     structure points at (each value a pair: 64-bit layout, 32-bit layout). The array ends at
     the entry whose USHORT at offset 0 is `end_type`."""
@@ -31,8 +30,7 @@ class TagTable:
     max_entries: int = 16
 
 
-@dataclass(frozen=True)
-class PoolApi:
+class PoolApi(NamedTuple):
     name: str
     kind: str  # alloc | free | lookaside | other | untagged
     tag_arg: int | None
