@@ -12,8 +12,7 @@ from ..tags import tag_to_str
 _U64 = 1 << 64
 
 
-@dataclass(frozen=True)
-class SiteRow:
+class SiteRow(NamedTuple):
     """One site of one indexed file."""
 
     path: str
