@@ -301,8 +301,10 @@ _SYSTEM_COPIES: tuple[tuple[str, ...], ...] = (
 def shipped_path() -> Path | None:
     """The facts file installed as tagfind.data/pooltag.txt (or data/ in a source tree)."""
     folder = shipped_data_dir()
-    candidate = folder / "pooltag.txt" if folder is not None else None
-    return candidate if candidate is not None and _present(candidate) else None
+    if folder is None:
+        return None
+    candidate = folder / "pooltag.txt"
+    return candidate if _present(candidate) else None
 
 
 def shipped_data_dir() -> Path | None:
