@@ -292,7 +292,7 @@ def test_worker_processes_give_the_same_results(start: str, tree: Path, tmp_path
 
     monkeypatch.setattr(workers, "_ForkedProcess", CountedFork)
     if start == "spawn":
-        monkeypatch.setattr(workers, "_may_fork", lambda: False)
+        monkeypatch.setattr(workers, "_may_fork", lambda wait=True: False)
     files = listing(tree)
     with Index(tmp_path / "one.sqlite3") as one, Index(tmp_path / "two.sqlite3") as two:
         one.refresh(files, jobs=1)
@@ -317,6 +317,30 @@ def test_no_fork_while_another_thread_runs(other_thread: bool) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(not other_thread)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forks only on Linux")
+def test_a_lasting_native_thread_costs_one_wait_per_build(tree: Path, tmp_path: Path) -> None:
+    """A thread Python did not start (as OpenBLAS starts them) is in the kernel's list but not
+    in threading's, like a Python thread that has just ended: the pool gives it one brief
+    wait, then starts every worker as a new interpreter without waiting again. In a fresh
+    process; the thread is a real one, blocked on a lock."""
+    code = (
+        "import _thread, sys, time; from tagfind.index import Index, workers;"
+        " held = _thread.allocate_lock(); held.acquire();"
+        " _thread.start_new_thread(held.acquire, ());"
+        " sleeps = []; real_sleep = time.sleep;"
+        " workers.time.sleep = lambda s: (sleeps.append(s), real_sleep(s));"
+        " forks = [];"
+        " workers._ForkedProcess = lambda fds: forks.append(fds);"
+        " stats = Index(sys.argv[1]).refresh(sys.argv[2:], jobs=2);"
+        " print(stats.scanned, len(stats.failed), len(forks), len(sleeps))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ix.sqlite3"),
+                           *listing(tree)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    scanned, failed, forks, sleeps = map(int, done.stdout.split())
+    assert (scanned, failed, forks) == (8, 0, 0)
+    assert 0 < sleeps < 50  # one look that waits (49 sleeps), none per worker
 
 
 def test_time_limit_in_worker_processes(tree: Path, tmp_path: Path) -> None:

@@ -236,12 +236,13 @@ class _Worker:
     """One scanning process and the thread that reads its answers into the pool's queue.
     A plain subprocess rather than multiprocessing: spawn would re-run the user's __main__,
     and a process of our own can be killed without disturbing the others. Where it is safe
-    (_can_fork), the process is a fork of this one instead (_ForkedProcess): it starts with
-    the scanner already imported, in about a millisecond rather than a third of a second.
+    (`fork`: _can_fork said so), the process is a fork of this one instead (_ForkedProcess):
+    it starts with the scanner already imported, in about a millisecond rather than a third
+    of a second.
     start() starts the reader thread: after every fork that wants this process alone."""
 
-    def __init__(self, answers: queue.Queue, others: list[_Worker]) -> None:
-        if _can_fork():
+    def __init__(self, answers: queue.Queue, others: list[_Worker], fork: bool) -> None:
+        if fork:
             self.process: subprocess.Popen | _ForkedProcess = _ForkedProcess(
                 [fd for w in others for fd in w.pipe_fds()])
         else:
@@ -289,13 +290,18 @@ class _Worker:
                 pass
 
 
-def _may_fork() -> bool:
-    """The part of _can_fork known before the scanner is imported."""
+def _may_fork(wait: bool = True) -> bool:
+    """The part of _can_fork known before the scanner is imported. wait: give a Python
+    thread that has just ended a moment to leave the kernel's list."""
     if sys.platform != "linux":
         return False
     # A Python thread that has just ended (the hashing pool's) may be counted by the kernel
-    # for a moment longer: wait for it briefly, never for a thread that still runs.
-    for _ in range(50):
+    # for a moment longer: wait for it briefly, never for a thread that still runs. A native
+    # thread that lasts (OpenBLAS's, with OPENBLAS_NUM_THREADS > 1) looks the same from here,
+    # so the pool waits once per run, not once per worker it starts.
+    for attempt in range(50 if wait else 1):
+        if attempt:
+            time.sleep(0.001)
         try:
             if len(os.listdir("/proc/self/task")) == 1:
                 return True
@@ -303,17 +309,16 @@ def _may_fork() -> bool:
             return False
         if threading.active_count() > 1:
             return False
-        time.sleep(0.001)
     return False
 
 
-def _can_fork() -> bool:
+def _can_fork(wait: bool = True) -> bool:
     """Whether a worker may be a fork of this process: on Linux, with the scanner imported
     (so the fork needs no import) and this process down to one OS thread (a fork copies only
     the calling thread: a lock another thread held would stay locked in the child forever).
     Never on macOS, whose system libraries do not survive a fork without exec, nor on Windows,
     which has no fork."""
-    return all(name in sys.modules for name in _FORK_NEEDS) and _may_fork()
+    return all(name in sys.modules for name in _FORK_NEEDS) and _may_fork(wait)
 
 
 _FORK_NEEDS = ("tagfind.scan.x64", "tagfind.scan.x86", "tagfind.scan.arm64", "capstone",
@@ -394,10 +399,12 @@ class _Pool:
         self.workers: list[_Worker] = []
         self.answers: queue.Queue = queue.Queue()
         self.start_failures = 0
+        self.may_fork = False  # run()'s one waiting look; each new worker looks again, briefly
 
     def run(self, tasks: list[tuple[str, str]]) -> Iterator[tuple[tuple[str, str], _Outcome]]:
         todo = list(reversed(tasks))  # pop() from the end keeps the given order
-        if _may_fork():
+        self.may_fork = _may_fork()
+        if self.may_fork:
             try:
                 import_scanner()  # once here, instead of once in each worker process
             except Exception:  # noqa: BLE001 (not imported: workers are new interpreters,
@@ -423,7 +430,8 @@ class _Pool:
         new: list[_Worker] = []
         while len(self.workers) < wanted:
             try:
-                worker = _Worker(self.answers, self.workers)
+                worker = _Worker(self.answers, self.workers,
+                                 self.may_fork and _can_fork(wait=False))
             except OSError:
                 self.start_failures = WORKER_START_FAILURES
                 break
