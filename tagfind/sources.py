@@ -21,7 +21,7 @@ import fnmatch
 import os
 import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 IMAGE_SUBSYSTEM_NATIVE = 1
@@ -72,10 +72,13 @@ class SourcesError(Exception):
 
 @dataclass
 class SourceSet:
-    """The files to scan (absolute, sorted, one per real file) and what was passed over."""
+    """The files to scan (absolute, sorted, one per real file) and what was passed over.
+    `stats` holds the stat of each file taken on the index's word (see discover): the
+    refresh need not stat those again."""
 
     files: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    stats: dict[str, os.stat_result] = field(default_factory=dict)
 
 
 def discover(
@@ -83,13 +86,19 @@ def discover(
     drivers: Sequence[str] = (),
     all_pe: bool = False,
     on_windows: bool | None = None,
+    known_pe: Mapping[str, tuple[int, int]] | None = None,
 ) -> SourceSet:
     """The kernel images to scan: under `root` (a Windows tree), in `drivers` folders, or, when
     neither is given, on the live Windows system. Raises SourcesError with one line when there
-    is nothing to look at (a missing folder, no Windows here)."""
+    is nothing to look at (a missing folder, no Windows here).
+
+    known_pe: files known to be PE images, path -> (size, mtime_ns) when that was seen (the
+    index's files). With all_pe, a file found in a folder with that size and mtime is taken
+    without reading its header, which is most of a warm walk's time; the refresh trusts the
+    same check to call a file unchanged."""
     if on_windows is None:
         on_windows = os.name == "nt"
-    walker = _Walker(all_pe)
+    walker = _Walker(all_pe, known_pe if all_pe and known_pe else None)
     if root is not None:
         _add_windows_tree(walker, _windows_dir_under(root))
     for folder in drivers:
@@ -327,8 +336,11 @@ def _reason(what: str, exc: OSError) -> str:
 class _Walker:
     """Collects kernel images from trees and single files, once per real file."""
 
-    def __init__(self, all_pe: bool) -> None:
+    def __init__(self, all_pe: bool, known_pe: Mapping[str, tuple[int, int]] | None = None,
+                 ) -> None:
         self.all_pe = all_pe
+        self._known_pe = known_pe
+        self._stats: dict[str, os.stat_result] = {}  # of the files taken on known_pe's word
         self._by_real: dict[str, str] = {}  # normalised real path -> path as found
         self._skipped: dict[str, str] = {}
         self._walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory seen
@@ -338,18 +350,22 @@ class _Walker:
 
     def result(self) -> SourceSet:
         files = sorted(set(self._by_real.values()))
-        return SourceSet(files=files, skipped=sorted(self._skipped.items()))
+        stats = {path: self._stats[path] for path in files if path in self._stats}
+        return SourceSet(files=files, skipped=sorted(self._skipped.items()), stats=stats)
 
-    def add_file(self, path: str, explicit: bool = False, real: str | None = None) -> None:
+    def add_file(self, path: str, explicit: bool = False, real: str | None = None,
+                 entry: os.DirEntry | None = None) -> None:
         """Take `path` if it is a kernel image. `real` is its real path when the caller knows
-        it (saves a realpath per file, which costs an open on Windows)."""
+        it (saves a realpath per file, which costs an open on Windows); `entry` its directory
+        entry, when it was found in a folder."""
         if not path.isascii() and _printable_path(path) != path:
             # Not valid UTF-8 (possible on Linux mounts): the index (SQLite text) cannot hold
             # the name, so the file is named as skipped instead of failing the whole refresh.
             self.skip(path, "file name is not valid UTF-8")
             return
         try:
-            take = is_kernel_image(path, self.all_pe)
+            take = (entry is not None and self._known_pe is not None
+                    and self._is_known_pe(entry)) or is_kernel_image(path, self.all_pe)
         except OSError as exc:
             self.skip(path, _reason("unreadable", exc))
             return
@@ -361,6 +377,21 @@ class _Walker:
         previous = self._by_real.get(key)
         if previous is None or path < previous:
             self._by_real[key] = path
+
+    def _is_known_pe(self, entry: os.DirEntry) -> bool:
+        """Whether known_pe vouches for the entry: the same size and mtime as when it was
+        seen (one stat, kept for the refresh, instead of an open and a read)."""
+        seen = self._known_pe.get(entry.path)
+        if seen is None:
+            return False
+        try:
+            st = entry.stat()
+        except OSError:
+            return False  # the header read says why
+        if (st.st_size, st.st_mtime_ns) != seen:
+            return False
+        self._stats[entry.path] = st
+        return True
 
     def walk(self, top: str) -> None:
         real_top = os.path.realpath(top)
@@ -406,7 +437,7 @@ class _Walker:
             self._walk_dir(entry.path, real, chain)
         elif is_file:
             if self._is_worth_reading(entry.name):
-                self.add_file(entry.path, real=real)
+                self.add_file(entry.path, real=real, entry=entry)
         elif is_link and not os.path.exists(entry.path):
             self.skip(entry.path, "broken symlink")
         elif is_link:

@@ -35,6 +35,7 @@ from tagfind.index import (
     IndexUnavailable,
     SiteRow,
     default_index_path,
+    known_pe_files,
     sqlite_glob,
 )
 from tagfind.scan import scan_file
@@ -341,6 +342,66 @@ def test_a_lasting_native_thread_costs_one_wait_per_build(tree: Path, tmp_path: 
     scanned, failed, forks, sleeps = map(int, done.stdout.split())
     assert (scanned, failed, forks) == (8, 0, 0)
     assert 0 < sleeps < 50  # one look that waits (49 sleeps), none per worker
+
+
+def test_known_pe_files_are_pe_images_checked_well_after_their_mtime(tree: Path,
+                                                                      tmp_path: Path) -> None:
+    """What the walk may take without reading headers (sources.discover's known_pe): the
+    files whose machine type the index read, as (size, mtime_ns), except a file modified so
+    close to its check that a change could hide (the refresh rehashes those too). No index:
+    nothing, and none is created; nothing is left beside the index either."""
+    (tree / "junk.dll").write_bytes(b"MZ, and then no PE header")  # indexed, with an error
+    recent = tree / "version.dll"
+    os.utime(recent)  # modified now: within RACY_NS of the refresh's check
+    path = tmp_path / "ix.sqlite3"
+    with Index(path) as ix:
+        ix.refresh(listing(tree), jobs=1)
+        assert {row.path for row in ix.file_rows()} == set(listing(tree))
+    expected = {}
+    for name in [*KERNEL_FILES, *USER_MODE]:
+        st = (tree / name).stat()
+        if name != recent.name:
+            expected[str(tree / name)] = (st.st_size, st.st_mtime_ns)
+    assert known_pe_files(path) == expected
+    assert sorted(os.listdir(tmp_path)) == ["ix.sqlite3", "tree"]
+    assert known_pe_files(tmp_path / "none.sqlite3") == {}
+    assert not (tmp_path / "none.sqlite3").exists()
+    (tmp_path / "junk.sqlite3").write_bytes(b"not a database" * 100)
+    assert known_pe_files(tmp_path / "junk.sqlite3") == {}
+
+
+def test_all_pe_walk_takes_the_index_word_for_an_unchanged_file(tree: Path,
+                                                                 tmp_path: Path) -> None:
+    """Through the CLI: with --all-pe, a file whose size and mtime are those the index saw is
+    the same file to the walk (which then reads no header) as to the refresh (which then reads
+    nothing). Shown by rewriting a user-mode image's bytes into no PE at all and restoring its
+    mtime: still listed and unchanged. With a new mtime it is read again and left out; without
+    --all-pe headers decide as ever."""
+    from click.testing import CliRunner
+
+    from tagfind.cli import cli
+
+    def files_line(*extra: str) -> str:
+        result = CliRunner().invoke(cli, ["--drivers", str(tree), "--all-pe", "--index",
+                                          str(tmp_path / "ix.sqlite3"), "--jobs", "1", "-v",
+                                          "--no-bytes", *extra, "None"])
+        assert result.exit_code in (0, 1), result.output
+        return next(line for line in result.stderr.splitlines() if "index:" in line)
+
+    assert "8 files, 8 scanned" in files_line()
+    old = tree / "version.dll"
+    st = old.stat()
+    os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns - RACY_PAST))
+    assert "8 files" in files_line()  # rehashed (mtime changed); the index now trusts it
+    st = old.stat()
+    old.write_bytes(b"no PE image".ljust(st.st_size, b"\0"))
+    os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert "8 files, 0 scanned, 0 reused, 8 unchanged" in files_line()
+    os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert "7 files" in files_line()
+
+
+RACY_PAST = 10 * index_mod.RACY_NS  # an mtime this far before a check is trusted by it
 
 
 def test_time_limit_in_worker_processes(tree: Path, tmp_path: Path) -> None:

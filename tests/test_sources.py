@@ -59,6 +59,36 @@ def test_drivers_folder_takes_sys_and_native_images_only(wine: Path, tmp_path: P
     assert everything.files == sorted(str(p) for p in expected + user_mode)
 
 
+def test_known_pe_spares_header_reads_only_for_the_same_size_and_mtime(wine: Path,
+                                                                      tmp_path: Path) -> None:
+    """With --all-pe, a file the index knows as a PE image (same size and mtime) is taken
+    without reading its header: shown with files whose bytes are no PE at all, which only
+    a header read would turn away. Without --all-pe the header decides (user-mode images are
+    left out by it), and a changed mtime or size sends the file back to its header."""
+    top = tmp_path / "drv"
+    pe = put(wine, CONSOLE_DLL_SOURCE, top / "version.dll")
+    same = top / "same.dll"
+    same.write_bytes(b"not a PE image, but the index vouches for this size and mtime")
+    touched = top / "touched.dll"
+    touched.write_bytes(b"not a PE image either")
+    resized = top / "resized.dll"
+    resized.write_bytes(b"not a PE image, once more")
+    st = {p: p.stat() for p in (same, touched, resized)}
+    known = {
+        str(same): (st[same].st_size, st[same].st_mtime_ns),
+        str(touched): (st[touched].st_size, st[touched].st_mtime_ns - 1),
+        str(resized): (st[resized].st_size + 1, st[resized].st_mtime_ns),
+    }
+
+    found = discover(drivers=[str(top)], all_pe=True, known_pe=known)
+    assert found.files == sorted([str(pe), str(same)])
+    assert list(found.stats) == [str(same)]  # kept for the refresh, which need not stat it
+    assert found.stats[str(same)].st_mtime_ns == st[same].st_mtime_ns
+
+    assert discover(drivers=[str(top)], known_pe=known).files == []  # headers decide
+    assert discover(drivers=[str(top)], all_pe=True).files == [str(pe)]
+
+
 def test_several_drivers_folders_and_duplicates_by_real_path(wine: Path, tmp_path: Path) -> None:
     a = put(wine, "usbd.sys", tmp_path / "a" / "usbd.sys")
     b = put(wine, "wineusb.sys", tmp_path / "b" / "wineusb.sys")

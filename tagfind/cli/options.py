@@ -175,9 +175,16 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     if first is not None:
         _import_scanner_if_fresh(src.index_path or index_mod.default_index_path())
     loaded = load_module_list(src)
-    walk_start = time.perf_counter()
+    index_path = src.index_path or index_mod.default_index_path()
+    # With --all-pe every PE file is taken: the index's word that a file is one spares the
+    # walk reading its header (most of a warm walk). Without it, user-mode images are left
+    # out by their headers, which the index does not keep.
+    known_pe_files = index_mod.known_pe_files if src.all_pe and not rebuild else None
+    walk_start = time.perf_counter()  # (after the imports, which the index needs anyway)
+    known_pe = known_pe_files(index_path) if known_pe_files is not None else None
     try:
-        source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe)
+        source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe,
+                                      known_pe=known_pe)
     except sources.SourcesError as exc:
         if not (allow_no_sources and src.root is None and not src.drivers):
             raise Fatal(str(exc)) from None
@@ -192,7 +199,6 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
     if verbose:
         for path, reason in source_set.skipped:
             click.echo(f"tagfind: skipped {path}: {reason}", err=True)
-    index_path = src.index_path or index_mod.default_index_path()
     files = source_set.files
     if loaded is not None and src.loaded:
         files = loaded.matcher().loaded(files)
@@ -204,7 +210,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                 if first is not None:
                     first.bind(OpenIndex(idx, files, None, loaded=loaded), source_set.files)
                 stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
-                                    timeout=src.timeout, first=first)
+                                    timeout=src.timeout, first=first, stats=source_set.stats)
                 stats.walk_seconds = walk_seconds
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from .db import (
@@ -100,6 +100,7 @@ class Index(Database):
         timeout: float = 60.0,
         progress: bool | None = None,
         first: FirstAnswer | None = None,
+        stats: Mapping[str, os.stat_result] | None = None,
     ) -> RefreshStats:
         """Bring the index in step with `files`: rescan what changed, reuse known content,
         drop paths not listed. `rebuild` rescans everything. Scans run in `jobs` worker
@@ -107,16 +108,18 @@ class Index(Database):
         `timeout` seconds. A progress bar goes to stderr when it is a terminal (progress=None).
         A damaged index file found on the way is rebuilt (see `warnings`). With `first`, the
         files that may hold its tags are scanned before the others, and it is asked to answer
-        in between (see first.py).
+        in between (see first.py). `stats` are stat results of some of the files taken
+        moments ago (sources.SourceSet.stats): a file they show unchanged is not stat'ed again.
         """
         self._last_refresh = (list(files), jobs, timeout, progress)
-        stats = self._refresh(files, rebuild, jobs, timeout, progress, first)
-        self._unconfirmed = {path for path, _ in stats.failed}
-        return stats
+        done = self._refresh(files, rebuild, jobs, timeout, progress, first, stats)
+        self._unconfirmed = {path for path, _ in done.failed}
+        return done
 
-    def _refresh(self, files, rebuild, jobs, timeout, progress, first=None) -> RefreshStats:
+    def _refresh(self, files, rebuild, jobs, timeout, progress, first=None,
+                 stats=None) -> RefreshStats:
         try:
-            return _Refresh(self, files, rebuild, jobs, timeout, progress, first).run()
+            return _Refresh(self, files, rebuild, jobs, timeout, progress, first, stats).run()
         except sqlite3.DatabaseError as exc:
             if _is_unavailable(exc):
                 raise IndexUnavailable(_unavailable_message(self.path, exc)) from None
@@ -293,9 +296,30 @@ class Index(Database):
         return [_site_row(row) for row in rows if keep is None or row[0] in keep]
 
 
-# --- refresh, step by step -----------------------------------------------------------------
+def known_pe_files(path: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
+    """The files an existing index knows to be PE images (it read their machine type), each
+    as path -> (size, mtime_ns) when it was last checked, for sources.discover's known_pe.
+    Left out: files whose mtime was too close to that check to trust (refresh.RACY_NS).
+    Read without opening it as an Index: no file is created, nothing is migrated or rebuilt
+    (and, unlike a read-only connection, it leaves no -wal or -shm file behind). Empty when
+    there is no index or it cannot be read: the walk then reads every header."""
+    from pathlib import Path
 
+    from .refresh import RACY_NS
 
+    try:
+        uri = Path(path).resolve().as_uri() + "?mode=rw"  # never created here
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except (sqlite3.Error, OSError, ValueError):
+        return {}
+    try:
+        rows = conn.execute("SELECT path, size, mtime_ns FROM files WHERE arch IS NOT NULL"
+                            " AND mtime_ns + ? < checked_ns", (RACY_NS,))
+        return {file: (size, mtime_ns) for file, size, mtime_ns in rows}
+    except sqlite3.Error:
+        return {}
+    finally:
+        conn.close()
 
 
 def sqlite_glob(pattern: str) -> str:

@@ -71,7 +71,8 @@ class _Pending:
 
 
 class _Refresh:
-    def __init__(self, index, files, rebuild, jobs, timeout, progress, first=None) -> None:
+    def __init__(self, index, files, rebuild, jobs, timeout, progress, first=None,
+                 stats=None) -> None:
         self.index = index
         self.conn: sqlite3.Connection = index.conn
         self.paths = list(dict.fromkeys(os.path.abspath(p) for p in files))
@@ -85,6 +86,7 @@ class _Refresh:
         self.first = first  # first.FirstAnswer: answer once the candidate files are indexed
         self.released: set[str] = set()  # contents a write in this transaction stopped using
         self.known: dict[str, _Known] = {}  # the rows as this refresh first read them
+        self.taken_stats = stats or {}  # path -> a stat from the walk that just listed it
 
     def run(self) -> RefreshStats:
         start = time.perf_counter()
@@ -115,7 +117,13 @@ class _Refresh:
         Returns (pending, paths that vanished)."""
         pending: list[_Pending] = []
         gone: set[str] = set()
+        taken = self.taken_stats
         for path in self.paths:
+            if path in taken and not self.rebuild:
+                row = known.get(path)
+                if row is not None and _same(row, taken[path], self.version, self.timeout):
+                    self.stats.unchanged += 1
+                    continue
             now = time.time_ns()
             try:
                 st = os.stat(path)
