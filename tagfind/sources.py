@@ -21,6 +21,7 @@ import fnmatch
 import os
 import struct
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -70,14 +71,31 @@ class SourcesError(Exception):
     """No usable source of files; the message is one line for the user."""
 
 
+# A header verdict: a file's (size, mtime_ns) when its header was read, and the Subsystem it
+# gave (None: not a PE image).
+Verdict = tuple[int, int, int | None]
+
+# On POSIX a directory entry's stat is a stat of the file. On Windows it comes from the
+# directory listing, which can lag behind the file itself (a hard link changed through its
+# other name), so the refresh must not take it for its no-change check there.
+ENTRY_STAT_IS_THE_FILES = os.name != "nt"
+
+
 @dataclass
 class SourceSet:
     """The files to scan (absolute, sorted, one per real file) and what was passed over.
-    `stats` holds the stat of each file taken on the index's word (see discover): the
-    refresh need not stat those again."""
+
+    `verdicts` holds the header verdict of every file found in a folder whose header decided
+    (not a .sys), when discover was given a cache of them: the cache's own where size and
+    mtime still matched, else what a read gave (`headers_read` of those). `walked_ns` is when
+    the walk began (no verdict is older). `stats` (POSIX only) the stats behind the taken
+    files' verdicts, which the refresh need not repeat."""
 
     files: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    headers_read: int = 0
+    walked_ns: int = 0
     stats: dict[str, os.stat_result] = field(default_factory=dict)
 
 
@@ -86,19 +104,21 @@ def discover(
     drivers: Sequence[str] = (),
     all_pe: bool = False,
     on_windows: bool | None = None,
-    known_pe: Mapping[str, tuple[int, int]] | None = None,
+    verdicts: Mapping[str, Verdict] | None = None,
 ) -> SourceSet:
     """The kernel images to scan: under `root` (a Windows tree), in `drivers` folders, or, when
     neither is given, on the live Windows system. Raises SourcesError with one line when there
     is nothing to look at (a missing folder, no Windows here).
 
-    known_pe: files known to be PE images, path -> (size, mtime_ns) when that was seen (the
-    index's files). With all_pe, a file found in a folder with that size and mtime is taken
-    without reading its header, which is most of a warm walk's time; the refresh trusts the
-    same check to call a file unchanged."""
+    verdicts: header verdicts of earlier walks (the index keeps them, index/pe_headers.py).
+    A file found in a folder with the size and mtime of its verdict is judged by it instead of
+    by reading its header again: most of a warm walk's time on Linux, and on Windows, where
+    the size and mtime come with the directory listing, every file open of it. The refresh
+    trusts the same check to call a file unchanged. Given (even empty), the walk's verdicts
+    come back in the SourceSet for the cache."""
     if on_windows is None:
         on_windows = os.name == "nt"
-    walker = _Walker(all_pe, known_pe if all_pe and known_pe else None)
+    walker = _Walker(all_pe, verdicts)
     if root is not None:
         _add_windows_tree(walker, _windows_dir_under(root))
     for folder in drivers:
@@ -336,11 +356,13 @@ def _reason(what: str, exc: OSError) -> str:
 class _Walker:
     """Collects kernel images from trees and single files, once per real file."""
 
-    def __init__(self, all_pe: bool, known_pe: Mapping[str, tuple[int, int]] | None = None,
-                 ) -> None:
+    def __init__(self, all_pe: bool, verdicts: Mapping[str, Verdict] | None = None) -> None:
         self.all_pe = all_pe
-        self._known_pe = known_pe
-        self._stats: dict[str, os.stat_result] = {}  # of the files taken on known_pe's word
+        self._cached = verdicts  # None: no cache, headers are read and nothing is kept
+        self._verdicts: dict[str, Verdict] = {}
+        self._headers_read = 0
+        self._stats: dict[str, os.stat_result] = {}
+        self._started_ns = time.time_ns()
         self._by_real: dict[str, str] = {}  # normalised real path -> path as found
         self._skipped: dict[str, str] = {}
         self._walked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of every directory seen
@@ -351,7 +373,9 @@ class _Walker:
     def result(self) -> SourceSet:
         files = sorted(set(self._by_real.values()))
         stats = {path: self._stats[path] for path in files if path in self._stats}
-        return SourceSet(files=files, skipped=sorted(self._skipped.items()), stats=stats)
+        return SourceSet(files=files, skipped=sorted(self._skipped.items()),
+                         verdicts=self._verdicts, headers_read=self._headers_read,
+                         walked_ns=self._started_ns, stats=stats)
 
     def add_file(self, path: str, explicit: bool = False, real: str | None = None,
                  entry: os.DirEntry | None = None) -> None:
@@ -364,8 +388,10 @@ class _Walker:
             self.skip(path, "file name is not valid UTF-8")
             return
         try:
-            take = (entry is not None and self._known_pe is not None
-                    and self._is_known_pe(entry)) or is_kernel_image(path, self.all_pe)
+            if entry is not None and self._cached is not None:
+                take = self._judge(path, entry)
+            else:
+                take = is_kernel_image(path, self.all_pe)
         except OSError as exc:
             self.skip(path, _reason("unreadable", exc))
             return
@@ -378,20 +404,24 @@ class _Walker:
         if previous is None or path < previous:
             self._by_real[key] = path
 
-    def _is_known_pe(self, entry: os.DirEntry) -> bool:
-        """Whether known_pe vouches for the entry: the same size and mtime as when it was
-        seen (one stat, kept for the refresh, instead of an open and a read)."""
-        seen = self._known_pe.get(entry.path)
-        if seen is None:
-            return False
-        try:
-            st = entry.stat()
-        except OSError:
-            return False  # the header read says why
-        if (st.st_size, st.st_mtime_ns) != seen:
-            return False
-        self._stats[entry.path] = st
-        return True
+    def _judge(self, path: str, entry: os.DirEntry) -> bool:
+        """is_kernel_image for a file found in a folder, by its cached verdict when its size
+        and mtime are the verdict's, else by its header (the verdict is kept either way).
+        Raises OSError when the file cannot be read."""
+        if path.lower().endswith(".sys"):
+            return True
+        st = entry.stat()
+        cached = self._cached.get(path)
+        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+            subsystem = cached[2]
+        else:
+            subsystem = pe_subsystem(path)
+            self._headers_read += 1
+        self._verdicts[path] = (st.st_size, st.st_mtime_ns, subsystem)
+        take = subsystem is not None and (self.all_pe or subsystem == IMAGE_SUBSYSTEM_NATIVE)
+        if take and ENTRY_STAT_IS_THE_FILES:
+            self._stats[path] = st
+        return take
 
     def walk(self, top: str) -> None:
         real_top = os.path.realpath(top)

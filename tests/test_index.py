@@ -35,7 +35,7 @@ from tagfind.index import (
     IndexUnavailable,
     SiteRow,
     default_index_path,
-    known_pe_files,
+    read_verdicts,
     sqlite_glob,
 )
 from tagfind.scan import scan_file
@@ -344,61 +344,69 @@ def test_a_lasting_native_thread_costs_one_wait_per_build(tree: Path, tmp_path: 
     assert 0 < sleeps < 50  # one look that waits (49 sleeps), none per worker
 
 
-def test_known_pe_files_are_pe_images_checked_well_after_their_mtime(tree: Path,
-                                                                      tmp_path: Path) -> None:
-    """What the walk may take without reading headers (sources.discover's known_pe): the
-    files whose machine type the index read, as (size, mtime_ns), except a file modified so
-    close to its check that a change could hide (the refresh rehashes those too). No index:
-    nothing, and none is created; nothing is left beside the index either."""
-    (tree / "junk.dll").write_bytes(b"MZ, and then no PE header")  # indexed, with an error
-    recent = tree / "version.dll"
-    os.utime(recent)  # modified now: within RACY_NS of the refresh's check
+def test_header_verdicts_are_kept_except_racy_ones(tmp_path: Path) -> None:
+    """The walk's header verdicts, kept in the index for the next walk (pe_headers.py):
+    written when they differ from what the walk was given, without the files modified too
+    close to the walk to trust; read back without creating anything. No index, or no such
+    table, or no database: nothing."""
     path = tmp_path / "ix.sqlite3"
+    assert read_verdicts(path) == {} and not path.exists()
+    walked = time.time_ns()
+    old = walked - 10 * index_mod.RACY_NS
+    given = {"/d/a.dll": (10, old, 1), "/d/b.exe": (20, old, None),
+             "/d/new.dll": (30, walked - 1, 3)}  # modified just before the walk: racy
     with Index(path) as ix:
-        ix.refresh(listing(tree), jobs=1)
-        assert {row.path for row in ix.file_rows()} == set(listing(tree))
-    expected = {}
-    for name in [*KERNEL_FILES, *USER_MODE]:
-        st = (tree / name).stat()
-        if name != recent.name:
-            expected[str(tree / name)] = (st.st_size, st.st_mtime_ns)
-    assert known_pe_files(path) == expected
-    assert sorted(os.listdir(tmp_path)) == ["ix.sqlite3", "tree"]
-    assert known_pe_files(tmp_path / "none.sqlite3") == {}
-    assert not (tmp_path / "none.sqlite3").exists()
+        assert ix.store_pe_headers({}, given, walked)
+    kept = read_verdicts(path)
+    assert kept == {"/d/a.dll": (10, old, 1), "/d/b.exe": (20, old, None)}
+    with Index(path) as ix:
+        assert not ix.store_pe_headers(kept, given, walked)  # nothing new: no write
+        assert ix.store_pe_headers(kept, {"/d/a.dll": (10, old, 1)}, walked)  # b.exe is gone
+    assert read_verdicts(path) == {"/d/a.dll": (10, old, 1)}
+    assert sorted(os.listdir(tmp_path)) == ["ix.sqlite3"]  # no -wal or -shm left
+
+    older = tmp_path / "older.sqlite3"
+    conn = sqlite3.connect(older)
+    conn.execute("CREATE TABLE files (path TEXT)")  # an index from before the cache
+    conn.close()
+    assert read_verdicts(older) == {}
     (tmp_path / "junk.sqlite3").write_bytes(b"not a database" * 100)
-    assert known_pe_files(tmp_path / "junk.sqlite3") == {}
+    assert read_verdicts(tmp_path / "junk.sqlite3") == {}
 
 
-def test_all_pe_walk_takes_the_index_word_for_an_unchanged_file(tree: Path,
-                                                                 tmp_path: Path) -> None:
-    """Through the CLI: with --all-pe, a file whose size and mtime are those the index saw is
+@pytest.mark.parametrize("all_pe", [True, False])
+def test_a_walk_takes_its_kept_verdict_for_an_unchanged_file(wine: Path, tree: Path,
+                                                             tmp_path: Path, all_pe: bool) -> None:
+    """Through the CLI: a file whose size and mtime are those of its kept header verdict is
     the same file to the walk (which then reads no header) as to the refresh (which then reads
-    nothing). Shown by rewriting a user-mode image's bytes into no PE at all and restoring its
-    mtime: still listed and unchanged. With a new mtime it is read again and left out; without
-    --all-pe headers decide as ever."""
+    nothing). Shown by rewriting an image's bytes into no PE at all and restoring its mtime
+    and size: still listed and unchanged. With a new mtime it is read again and left out."""
     from click.testing import CliRunner
 
     from tagfind.cli import cli
 
     def files_line(*extra: str) -> str:
-        result = CliRunner().invoke(cli, ["--drivers", str(tree), "--all-pe", "--index",
-                                          str(tmp_path / "ix.sqlite3"), "--jobs", "1", "-v",
-                                          "--no-bytes", *extra, "None"])
+        result = CliRunner().invoke(cli, ["--drivers", str(tree), *(["--all-pe"] * all_pe),
+                                          "--index", str(tmp_path / "ix.sqlite3"), "--jobs",
+                                          "1", "-v", "--no-bytes", *extra, "None"])
         assert result.exit_code in (0, 1), result.output
         return next(line for line in result.stderr.splitlines() if "index:" in line)
 
-    assert "8 files, 8 scanned" in files_line()
-    old = tree / "version.dll"
+    from pe_factory import NATIVE_DLL_SOURCE
+
+    # A native image that is not a .sys: its header decides, with --all-pe or without.
+    (old,) = copy_files([wine / NATIVE_DLL_SOURCE], tree, {NATIVE_DLL_SOURCE: "kernelish.dll"})
+    n = 9 if all_pe else 5
+    assert f"{n} files, {n} scanned" in files_line()
     st = old.stat()
     os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns - RACY_PAST))
-    assert "8 files" in files_line()  # rehashed (mtime changed); the index now trusts it
+    assert f"{n} files" in files_line()  # read again (mtime changed); now kept, trusted
     st = old.stat()
     old.write_bytes(b"no PE image".ljust(st.st_size, b"\0"))
     os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert "8 files, 0 scanned, 0 reused, 8 unchanged" in files_line()
+    assert f"{n} files, 0 scanned, 0 reused, {n} unchanged" in files_line()
     os.utime(old, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
-    assert "7 files" in files_line()
+    assert f"{n - 1} files" in files_line()
 
 
 RACY_PAST = 10 * index_mod.RACY_NS  # an mtime this far before a check is trusted by it

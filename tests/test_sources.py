@@ -59,34 +59,51 @@ def test_drivers_folder_takes_sys_and_native_images_only(wine: Path, tmp_path: P
     assert everything.files == sorted(str(p) for p in expected + user_mode)
 
 
-def test_known_pe_spares_header_reads_only_for_the_same_size_and_mtime(wine: Path,
+def test_header_verdicts_spare_reads_only_for_the_same_size_and_mtime(wine: Path,
                                                                       tmp_path: Path) -> None:
-    """With --all-pe, a file the index knows as a PE image (same size and mtime) is taken
-    without reading its header: shown with files whose bytes are no PE at all, which only
-    a header read would turn away. Without --all-pe the header decides (user-mode images are
-    left out by it), and a changed mtime or size sends the file back to its header."""
+    """Given a cache of header verdicts (the index's), a file found with the size and mtime
+    of its verdict is judged by it, unread: shown with files whose bytes are no PE at all,
+    which only a read would turn away. A changed mtime or size sends a file back to its
+    header. The walk's verdicts (cached or read) come back for the cache, and, on POSIX, the
+    stats of the files taken by them, for the refresh."""
     top = tmp_path / "drv"
-    pe = put(wine, CONSOLE_DLL_SOURCE, top / "version.dll")
+    user = put(wine, CONSOLE_DLL_SOURCE, top / "version.dll")
+    native = put(wine, NATIVE_DLL_SOURCE, top / "kernelish.dll")
+    driver = put(wine, "winebus.sys", top / "winebus.sys")  # a .sys: no header, no verdict
     same = top / "same.dll"
-    same.write_bytes(b"not a PE image, but the index vouches for this size and mtime")
+    same.write_bytes(b"not a PE image, but its verdict says native")
     touched = top / "touched.dll"
     touched.write_bytes(b"not a PE image either")
     resized = top / "resized.dll"
     resized.write_bytes(b"not a PE image, once more")
+
+    first = discover(drivers=[str(top)], verdicts={})
+    assert first.files == sorted([str(native), str(driver)])
+    assert first.headers_read == 5 and set(first.verdicts) == {
+        str(p) for p in (user, native, same, touched, resized)}
+    subsystems = {Path(p).name: v[2] for p, v in first.verdicts.items()}
+    assert subsystems == {"version.dll": 3, "kernelish.dll": 1, "same.dll": None,
+                          "touched.dll": None, "resized.dll": None}
+    for path, (size, mtime_ns, _) in first.verdicts.items():
+        assert (size, mtime_ns) == (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+
     st = {p: p.stat() for p in (same, touched, resized)}
-    known = {
-        str(same): (st[same].st_size, st[same].st_mtime_ns),
-        str(touched): (st[touched].st_size, st[touched].st_mtime_ns - 1),
-        str(resized): (st[resized].st_size + 1, st[resized].st_mtime_ns),
-    }
+    cache = dict(first.verdicts)
+    cache[str(same)] = (st[same].st_size, st[same].st_mtime_ns, 1)
+    cache[str(touched)] = (st[touched].st_size, st[touched].st_mtime_ns - 1, 1)
+    cache[str(resized)] = (st[resized].st_size + 1, st[resized].st_mtime_ns, 1)
+    warm = discover(drivers=[str(top)], verdicts=cache)
+    assert warm.files == sorted([str(native), str(driver), str(same)])
+    assert warm.headers_read == 2  # touched.dll and resized.dll
+    assert warm.verdicts[str(same)] == cache[str(same)]
+    assert warm.verdicts[str(touched)][2] is None
+    if os.name != "nt":
+        assert sorted(warm.stats) == sorted([str(native), str(same)])
+    everything = discover(drivers=[str(top)], all_pe=True, verdicts=cache)
+    assert everything.files == sorted([str(native), str(driver), str(same), str(user)])
 
-    found = discover(drivers=[str(top)], all_pe=True, known_pe=known)
-    assert found.files == sorted([str(pe), str(same)])
-    assert list(found.stats) == [str(same)]  # kept for the refresh, which need not stat it
-    assert found.stats[str(same)].st_mtime_ns == st[same].st_mtime_ns
-
-    assert discover(drivers=[str(top)], known_pe=known).files == []  # headers decide
-    assert discover(drivers=[str(top)], all_pe=True).files == [str(pe)]
+    plain = discover(drivers=[str(top)])  # no cache: every header read, nothing kept
+    assert plain.files == first.files and plain.verdicts == {} and plain.headers_read == 0
 
 
 def test_several_drivers_folders_and_duplicates_by_real_path(wine: Path, tmp_path: Path) -> None:

@@ -176,15 +176,13 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
         _import_scanner_if_fresh(src.index_path or index_mod.default_index_path())
     loaded = load_module_list(src)
     index_path = src.index_path or index_mod.default_index_path()
-    # With --all-pe every PE file is taken: the index's word that a file is one spares the
-    # walk reading its header (most of a warm walk). Without it, user-mode images are left
-    # out by their headers, which the index does not keep.
-    known_pe_files = index_mod.known_pe_files if src.all_pe and not rebuild else None
+    # What earlier walks read in the files' headers (a rebuild reads them all again).
+    read_verdicts = index_mod.read_verdicts
     walk_start = time.perf_counter()  # (after the imports, which the index needs anyway)
-    known_pe = known_pe_files(index_path) if known_pe_files is not None else None
+    verdicts = {} if rebuild else read_verdicts(index_path)
     try:
         source_set = sources.discover(root=src.root, drivers=src.drivers, all_pe=src.all_pe,
-                                      known_pe=known_pe)
+                                      verdicts=verdicts)
     except sources.SourcesError as exc:
         if not (allow_no_sources and src.root is None and not src.drivers):
             raise Fatal(str(exc)) from None
@@ -212,6 +210,7 @@ def open_index(src: SourceOptions, *, rebuild: bool = False, verbose: int = 0,
                 stats = idx.refresh(source_set.files, rebuild=rebuild, jobs=src.jobs,
                                     timeout=src.timeout, first=first, stats=source_set.stats)
                 stats.walk_seconds = walk_seconds
+                idx.store_pe_headers(verdicts, source_set.verdicts, source_set.walked_ns)
                 echo_refresh_stats(stats, verbose if verbose_stats is None else verbose_stats)
                 empty = None if source_set.files else _empty_reason(src)
                 yield OpenIndex(idx, files, stats, empty_reason=empty, loaded=loaded)

@@ -15,6 +15,7 @@ The parts, one job each:
 - rows.py: the rows handed out, and a site's columns.
 - scanner_version.py: the current SCANNER_VERSION, without importing the scanner.
 - progress.py: the progress bar of a refresh.
+- pe_headers.py: the walk's header verdicts, kept for the next walk.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "BUSY_TIMEOUT_MS": "db", "SCHEMA_VERSION": "db", "IndexUnavailable": "db",
     "default_index_path": "db",
-    "Index": "queries", "known_pe_files": "queries", "sqlite_glob": "queries",
+    "Index": "queries", "sqlite_glob": "queries", "read_verdicts": "pe_headers",
     "BATCH_FILES": "refresh", "BATCH_SECONDS": "refresh", "IN_PROCESS_MAX": "refresh",
     "RACY_NS": "refresh",
     "FileRow": "rows", "IndexStats": "rows", "RefreshStats": "rows", "SiteRow": "rows",
@@ -39,7 +40,8 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .db import BUSY_TIMEOUT_MS, SCHEMA_VERSION, IndexUnavailable, default_index_path
-    from .queries import Index, known_pe_files, sqlite_glob
+    from .pe_headers import read_verdicts
+    from .queries import Index, sqlite_glob
     from .refresh import BATCH_FILES, BATCH_SECONDS, IN_PROCESS_MAX, RACY_NS
     from .rows import FileRow, IndexStats, RefreshStats, SiteRow
     from .scanner_version import current_scanner_version
@@ -73,7 +75,7 @@ __all__ = [
     "SiteRow",
     "current_scanner_version",
     "default_index_path",
-    "known_pe_files",
+    "read_verdicts",
     "scan_for_index",
     "sqlite_glob",
     "worker_main",

@@ -9,8 +9,9 @@ scanned once and stored once; `contents.origin` says where a result came from wh
 not scanned here (an imported file, see share.py). `imported_contents` and `imported_sites`
 hold imported results until a listed file has that content (share.py). `byte_tags` and
 `byte_hits` cache, per content, where a queried tag's bytes occur (bytehits.py);
-`pooltag_files` and `pooltag_lines` the parsed pooltag.txt lines (pooltag_lines.py); these
-caches are created when missing, whatever the schema version. `meta` holds the schema
+`pooltag_files` and `pooltag_lines` the parsed pooltag.txt lines (pooltag_lines.py);
+`pe_headers` what the walk read in files' PE headers (pe_headers.py); these caches are
+created when missing, whatever the schema version. `meta` holds the schema
 version; an older schema is migrated in place (MIGRATIONS).
 
 Safety: every write is one short `BEGIN IMMEDIATE` transaction (`_write`) in WAL mode, so a
@@ -69,8 +70,15 @@ _RUNTIME_COLUMNS = "ALTER TABLE sites ADD COLUMN runtime TEXT NOT NULL DEFAULT '
 # `byte_tags` lists the tags cached, with the version of the search that found them;
 # `byte_hits` holds, per tag and content, the file offset of the tag's first 4 bytes (NULL: not
 # there) and whether it lies in code. Parsed pooltag.txt lines by file stamp (pooltag_lines.py).
-_CACHE_TABLES = {"byte_tags", "byte_hits", "pooltag_files", "pooltag_lines"}
+# The walk's header verdicts by path, size and mtime (pe_headers.py).
+_CACHE_TABLES = {"byte_tags", "byte_hits", "pooltag_files", "pooltag_lines", "pe_headers"}
 _CACHES = """
+CREATE TABLE IF NOT EXISTS pe_headers (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    subsystem INTEGER
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS byte_tags (
     tag INTEGER PRIMARY KEY,
     version INTEGER NOT NULL,

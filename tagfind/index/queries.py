@@ -116,6 +116,14 @@ class Index(Database):
         self._unconfirmed = {path for path, _ in done.failed}
         return done
 
+    def store_pe_headers(self, before: Mapping[str, tuple], verdicts: Mapping[str, tuple],
+                         walked_ns: int) -> bool:
+        """Keep a walk's header verdicts for the next walk (pe_headers.py), best effort.
+        Returns whether anything was written."""
+        from .pe_headers import store_verdicts
+
+        return store_verdicts(self.conn, before, verdicts, walked_ns)
+
     def _refresh(self, files, rebuild, jobs, timeout, progress, first=None,
                  stats=None) -> RefreshStats:
         try:
@@ -294,32 +302,6 @@ class Index(Database):
         sql += " ORDER BY f.path, s.rva, s.api"
         rows = self.conn.execute(sql, params)
         return [_site_row(row) for row in rows if keep is None or row[0] in keep]
-
-
-def known_pe_files(path: str | os.PathLike[str]) -> dict[str, tuple[int, int]]:
-    """The files an existing index knows to be PE images (it read their machine type), each
-    as path -> (size, mtime_ns) when it was last checked, for sources.discover's known_pe.
-    Left out: files whose mtime was too close to that check to trust (refresh.RACY_NS).
-    Read without opening it as an Index: no file is created, nothing is migrated or rebuilt
-    (and, unlike a read-only connection, it leaves no -wal or -shm file behind). Empty when
-    there is no index or it cannot be read: the walk then reads every header."""
-    from pathlib import Path
-
-    from .refresh import RACY_NS
-
-    try:
-        uri = Path(path).resolve().as_uri() + "?mode=rw"  # never created here
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    except (sqlite3.Error, OSError, ValueError):
-        return {}
-    try:
-        rows = conn.execute("SELECT path, size, mtime_ns FROM files WHERE arch IS NOT NULL"
-                            " AND mtime_ns + ? < checked_ns", (RACY_NS,))
-        return {file: (size, mtime_ns) for file, size, mtime_ns in rows}
-    except sqlite3.Error:
-        return {}
-    finally:
-        conn.close()
 
 
 def sqlite_glob(pattern: str) -> str:
