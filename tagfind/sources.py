@@ -77,7 +77,9 @@ Verdict = tuple[int, int, int | None]
 
 # On POSIX a directory entry's stat is a stat of the file. On Windows it comes from the
 # directory listing, which can lag behind the file itself (a hard link changed through its
-# other name), so the refresh must not take it for its no-change check there.
+# other name), so the refresh must not take it for its no-change check there. (A verdict is
+# still taken by it: a stale entry can only keep a file's old verdict, whether it is a PE
+# image, until its listing catches up; the refresh then stats the file itself.)
 ENTRY_STAT_IS_THE_FILES = os.name != "nt"
 
 
@@ -112,10 +114,11 @@ def discover(
 
     verdicts: header verdicts of earlier walks (the index keeps them, index/pe_headers.py).
     A file found in a folder with the size and mtime of its verdict is judged by it instead of
-    by reading its header again: most of a warm walk's time on Linux, and on Windows, where
-    the size and mtime come with the directory listing, every file open of it. The refresh
-    trusts the same check to call a file unchanged. Given (even empty), the walk's verdicts
-    come back in the SourceSet for the cache."""
+    by opening it again. On Linux, from the page cache, the open and read cost about what the
+    stat does; on Windows the size and mtime come with the directory listing, so the driver
+    store's DLLs and EXEs are not opened at all. The refresh trusts the same check to call a
+    file unchanged. Given (even empty), the walk's verdicts come back in the SourceSet for
+    the cache."""
     if on_windows is None:
         on_windows = os.name == "nt"
     walker = _Walker(all_pe, verdicts)

@@ -18,13 +18,15 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from .db import BUSY_TIMEOUT_MS, _write
 from .refresh import RACY_NS
 
-STORE_BUSY_MS = 50
+if TYPE_CHECKING:
+    from ..sources import Verdict
 
-Verdict = tuple[int, int, int | None]  # sources.Verdict: (size, mtime_ns, subsystem)
+STORE_BUSY_MS = 50
 
 
 def read_verdicts(index_path: str | os.PathLike[str]) -> dict[str, Verdict]:

@@ -28,6 +28,7 @@ from .rows import FileRow, IndexStats, RefreshStats, SiteRow, _site_row
 
 if TYPE_CHECKING:
     from ..bytematch import ByteMatch
+    from ..sources import Verdict
     from .first import FirstAnswer
     from .pooltag_lines import PoolTagLines
 
@@ -116,7 +117,7 @@ class Index(Database):
         self._unconfirmed = {path for path, _ in done.failed}
         return done
 
-    def store_pe_headers(self, before: Mapping[str, tuple], verdicts: Mapping[str, tuple],
+    def store_pe_headers(self, before: Mapping[str, Verdict], verdicts: Mapping[str, Verdict],
                          walked_ns: int) -> bool:
         """Keep a walk's header verdicts for the next walk (pe_headers.py), best effort.
         Returns whether anything was written."""
