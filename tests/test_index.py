@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pe_factory import (
     KERNEL_FILES,
+    NATIVE_DLL_SOURCE,
     copy_files,
     is_root,
     smallest_pe_files,
@@ -385,14 +386,12 @@ def test_a_walk_takes_its_kept_verdict_for_an_unchanged_file(wine: Path, tree: P
 
     from tagfind.cli import cli
 
-    def files_line(*extra: str) -> str:
+    def files_line() -> str:
         result = CliRunner().invoke(cli, ["--drivers", str(tree), *(["--all-pe"] * all_pe),
                                           "--index", str(tmp_path / "ix.sqlite3"), "--jobs",
-                                          "1", "-v", "--no-bytes", *extra, "None"])
+                                          "1", "-v", "--no-bytes", "None"])
         assert result.exit_code in (0, 1), result.output
         return next(line for line in result.stderr.splitlines() if "index:" in line)
-
-    from pe_factory import NATIVE_DLL_SOURCE
 
     # A native image that is not a .sys: its header decides, with --all-pe or without.
     (old,) = copy_files([wine / NATIVE_DLL_SOURCE], tree, {NATIVE_DLL_SOURCE: "kernelish.dll"})
