@@ -364,6 +364,10 @@ def test_header_verdicts_are_kept_except_racy_ones(tmp_path: Path) -> None:
         assert not ix.store_pe_headers(kept, given, walked)  # nothing new: no write
         assert ix.store_pe_headers(kept, {"/d/a.dll": (10, old, 1)}, walked)  # b.exe is gone
     assert read_verdicts(path) == {"/d/a.dll": (10, old, 1)}
+    with Index(path) as ix:  # rows another writer made of other types are left out
+        ix.conn.execute("INSERT INTO pe_headers VALUES ('/d/x.dll', 1, 2, 'native'),"
+                        " ('/d/y.dll', 'one', 2, 1), ('/d/z.dll', 1, 2.5, 1)")
+    assert read_verdicts(path) == {"/d/a.dll": (10, old, 1)}
     assert sorted(os.listdir(tmp_path)) == ["ix.sqlite3"]  # no -wal or -shm left
 
     older = tmp_path / "older.sqlite3"

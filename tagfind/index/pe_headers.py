@@ -42,7 +42,11 @@ def read_verdicts(index_path: str | os.PathLike[str]) -> dict[str, Verdict]:
     except (sqlite3.Error, OSError, ValueError):
         return {}
     try:
-        rows = conn.execute("SELECT path, size, mtime_ns, subsystem FROM pe_headers")
+        # Only rows of the types written here: the walk compares them and takes the subsystem.
+        rows = conn.execute(
+            "SELECT path, size, mtime_ns, subsystem FROM pe_headers WHERE typeof(size) ="
+            " 'integer' AND typeof(mtime_ns) = 'integer' AND typeof(subsystem) IN"
+            " ('integer', 'null')")
         return {path: (size, mtime_ns, subsystem) for path, size, mtime_ns, subsystem in rows}
     except sqlite3.Error:
         return {}
