@@ -26,13 +26,12 @@ import time
 from collections.abc import Collection
 
 from ..bytematch import ByteMatch, look
-from .db import BUSY_TIMEOUT_MS, _write
+from .db import _cache_write
 from .refresh import RACY_NS
 
 CACHED_TAGS = 64
 MAX_ROWS = 250_000  # and at most about this many rows (some 25 MB): fewer tags for big trees
 SEARCH_VERSION = 1  # bump when bytematch's answer (first offset, in_code) changes
-STORE_BUSY_MS = 50  # wait this long for another writer, then do without storing
 
 # The files of the index, each with its content's cached answer for the tag (NULL: none).
 _ALL_ROWS = (
@@ -113,8 +112,7 @@ def _store(conn: sqlite3.Connection, tag: int, learnt: dict[str, tuple[int | Non
     """Store what a query learnt, in one transaction; nothing when the index cannot be written
     at once (another writer, read-only, full)."""
     try:
-        conn.execute(f"PRAGMA busy_timeout={STORE_BUSY_MS}")
-        with _write(conn):
+        with _cache_write(conn):
             if not _is_cached(conn, tag):  # again: another process may have done it
                 conn.execute("DELETE FROM byte_hits WHERE tag = ?", (tag,))
                 conn.execute("INSERT OR REPLACE INTO byte_tags VALUES (?, ?, ?)",
@@ -125,8 +123,6 @@ def _store(conn: sqlite3.Connection, tag: int, learnt: dict[str, tuple[int | Non
                 [(tag, sha, offset, int(in_code)) for sha, (offset, in_code) in learnt.items()])
     except sqlite3.OperationalError:
         pass  # a cache: the next query tries again
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _evict(conn: sqlite3.Connection, tag: int, adding: int) -> None:

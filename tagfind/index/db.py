@@ -25,11 +25,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 120_000  # another tagfind writing: wait this long before giving up
+CACHE_BUSY_MS = 50  # a cache's write (_cache_write): wait this long, then do without storing
 
 _IMPORTED_SCHEMA = """
 CREATE TABLE IF NOT EXISTS imported_contents (
@@ -363,6 +366,20 @@ class _write:
             self.conn.execute("COMMIT")
         elif self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+@contextmanager
+def _cache_write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`with _cache_write(conn):` a cache's write (byte matches, pooltag lines, header
+    verdicts): one _write transaction that waits at most CACHE_BUSY_MS for another writer,
+    so a query never waits long to store what only saves the next one time. The caller
+    catches sqlite3.OperationalError (locked, read-only, full) and does without storing."""
+    conn.execute(f"PRAGMA busy_timeout={CACHE_BUSY_MS}")
+    try:
+        with _write(conn):
+            yield conn
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _ensure_caches(conn: sqlite3.Connection) -> None:

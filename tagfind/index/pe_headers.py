@@ -20,13 +20,11 @@ import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .db import BUSY_TIMEOUT_MS, _write
+from .db import _cache_write
 from .refresh import RACY_NS
 
 if TYPE_CHECKING:
     from ..sources import Verdict
-
-STORE_BUSY_MS = 50
 
 
 def read_verdicts(index_path: str | os.PathLike[str]) -> dict[str, Verdict]:
@@ -62,16 +60,10 @@ def store_verdicts(conn: sqlite3.Connection, before: Mapping[str, Verdict],
     if keep == before:
         return False
     try:
-        conn.execute(f"PRAGMA busy_timeout={STORE_BUSY_MS}")
-        with _write(conn):
+        with _cache_write(conn):
             conn.execute("DELETE FROM pe_headers")
             conn.executemany("INSERT INTO pe_headers VALUES (?, ?, ?, ?)",
                              [(path, *v) for path, v in keep.items()])
     except sqlite3.Error:
         return False  # a cache: the next walk reads those headers again and tries again
-    finally:
-        try:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        except sqlite3.Error:
-            pass
     return True

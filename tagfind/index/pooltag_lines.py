@@ -16,10 +16,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from .db import BUSY_TIMEOUT_MS, _write
+from .db import _cache_write
 
 CACHED_FILES = 8
-STORE_BUSY_MS = 50
 
 _SELECT = (
     "SELECT key, number, raw, kind, pattern, binary_field, binaries, description"
@@ -75,8 +74,7 @@ class PoolTagLines:
         ]
         conn = self.conn
         try:
-            conn.execute(f"PRAGMA busy_timeout={STORE_BUSY_MS}")
-            with _write(conn):
+            with _cache_write(conn):
                 conn.execute("DELETE FROM pooltag_lines WHERE path = ?", (path,))
                 conn.execute("INSERT OR REPLACE INTO pooltag_files VALUES (?, ?, ?)",
                              (path, stamp, time.time()))
@@ -88,5 +86,3 @@ class PoolTagLines:
                 conn.executemany("DELETE FROM pooltag_files WHERE path = ?", old)
         except sqlite3.OperationalError:
             pass  # a cache: the next query tries again
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
