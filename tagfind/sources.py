@@ -141,10 +141,13 @@ def is_kernel_image(path: str, all_pe: bool = False) -> bool:
     Raises OSError when the file cannot be read."""
     if path.lower().endswith(".sys"):
         return True
-    subsystem = pe_subsystem(path)
-    if subsystem is None:
-        return False
-    return all_pe or subsystem == IMAGE_SUBSYSTEM_NATIVE
+    return _takes(pe_subsystem(path), all_pe)
+
+
+def _takes(subsystem: int | None, all_pe: bool) -> bool:
+    """Whether a file that is not a .sys, with this header Subsystem (None: no PE image), is
+    a kernel image to scan."""
+    return subsystem is not None and (all_pe or subsystem == IMAGE_SUBSYSTEM_NATIVE)
 
 
 def pe_subsystem(path: str) -> int | None:
@@ -421,7 +424,7 @@ class _Walker:
             subsystem = pe_subsystem(path)
             self._headers_read += 1
         self._verdicts[path] = (st.st_size, st.st_mtime_ns, subsystem)
-        take = subsystem is not None and (self.all_pe or subsystem == IMAGE_SUBSYSTEM_NATIVE)
+        take = _takes(subsystem, self.all_pe)
         if take and ENTRY_STAT_IS_THE_FILES:
             self._stats[path] = st
         return take
