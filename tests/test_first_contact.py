@@ -292,8 +292,11 @@ def test_ctrl_c_exits_130_without_a_stray_caret(wine, tmp_path):
     os.close(slave)
     out = b""
     deadline = time.monotonic() + 60
-    while b"file" not in out and time.monotonic() < deadline:  # the progress bar is up
+    # The bar's rate ("?file/s", "12.3file/s"); the table's notes say "file offset". The pty
+    # reports a size of 0x0, on which tqdm 4.70 draws nothing unless told (index/progress.py).
+    while b"file/s" not in out and time.monotonic() < deadline:
         out += _read_some(master)
+    assert b"file/s" in out, out
     os.write(master, b"\x03")  # the terminal's Ctrl-C: echo "^C", SIGINT to the group
     code = proc.wait(timeout=60)
     while chunk := _read_some(master):
@@ -303,6 +306,21 @@ def test_ctrl_c_exits_130_without_a_stray_caret(wine, tmp_path):
     shown = _screen(out.decode("utf-8", "replace"))
     assert shown[-1] == "tagfind: error: interrupted", shown
     assert not any("^" in text for text in shown), shown
+
+
+def test_ctrl_c_while_the_interpreter_exits_prints_nothing(tmp_path):
+    """A Ctrl-C that comes once the command is done (here: from an exit handler, as late as
+    a real one can come) interrupts nothing: no "Exception ignored" traceback, the command's
+    own exit code."""
+    late_ctrl_c = ("import atexit, os, signal, sys\n"
+                   "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+                   "from tagfind.cli import main\n"
+                   "main(sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, "-c", late_ctrl_c, "--version"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tagfind"), done.stdout
+    assert done.stderr == ""
 
 
 def _controlling_terminal() -> None:

@@ -91,15 +91,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     exits 130, and a failure to write the output (a full disk, a closed pipe) is said in
     words."""
     try:
-        _main(argv)
+        code = _main(argv)
     finally:
         # The interpreter's exit collects cycles over every object the imports made (about a
         # twentieth of a warm query); nothing waits for that collection, so it is skipped
         # (objects are still freed as the modules are torn down).
         gc.freeze()
+    _ignore_ctrl_c()
+    sys.exit(code)
 
 
-def _main(argv: Sequence[str] | None) -> None:
+def _ignore_ctrl_c() -> None:
+    """The command is done and its output written: a Ctrl-C from now on would only interrupt
+    the interpreter's teardown, which prints a traceback ("Exception ignored in ...") and
+    still exits 0."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread: Python does not deliver it there
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         code = cli.main(args=list(argv) if argv is not None else None, prog_name="tagfind",
                         standalone_mode=False)
@@ -120,7 +134,7 @@ def _main(argv: Sequence[str] | None) -> None:
         _drop_stdout()
         click.echo(f"tagfind: error: cannot write the output: {os_error_text(exc)}", err=True)
         code = EXIT_ERROR
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
 def _drop_stdout() -> None:
