@@ -1,7 +1,7 @@
 """Every speed goal of tagfind as a ratio to a baseline measured in the same run, in one table.
 
     python bench/speed.py [--only SECTION ...] [--material NAME ...] [--runs 7] [--jobs 2]
-                          [--json FILE] [--corpus DIR]
+                          [--json FILE] [--corpus DIR] [--python PATH]
 
 Material: each half of the shared corpus of real drivers (../shared/corpus: x64-x86-vendor,
 arm64-soc; skipped with a note when this machine has none) and Debian's libwine PE tree
@@ -10,6 +10,10 @@ project's sweep (bench/_sweep.py): one process disassembling every executable se
 same files with capstone, analysing nothing. tagfind runs as a process (`python -m tagfind`)
 with this checkout first on PYTHONPATH and bytecode caching on (PYTHONDONTWRITEBYTECODE is
 removed from the child's environment, and every command runs once before it is timed).
+`--python PATH` runs tagfind's processes with another interpreter, still on this checkout:
+say a venv where `pip install .` put the dependencies, as a user's install has them. A
+development Python can run code at every start that a user's does not (an editable install's
+import finder, other .pth files); the warm rows print the chosen interpreter's bare start.
 
 Sections (--only, repeatable; default all):
   build     cold `tagfind --rebuild-index --jobs N` wall time / the sweep of the same files,
@@ -226,6 +230,8 @@ class Bench:
         self.tmp = tmp
         self.report = report
         self.env = child_env()
+        self.python = str(args.python) if args.python else sys.executable
+        self._bare_start: float | None = None
         self._files: dict[str, list[str]] = {}
         self._sweeps: dict[str, SweepResult] = {}
         self._indexes: dict[str, Path] = {}
@@ -252,8 +258,15 @@ class Bench:
         return next((m for m in self.materials if m.name == name), None)
 
     def tagfind(self, m: Material, index: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "tagfind", "--drivers", str(m.path),
+        return [self.python, "-m", "tagfind", "--drivers", str(m.path),
                 *(["--all-pe"] if m.all_pe else []), "--index", str(index), *extra]
+
+    def bare_start(self) -> float:
+        """The median wall time of `python -c pass` with tagfind's interpreter, measured once."""
+        if self._bare_start is None:
+            self._bare_start, _ = median_run([self.python, "-c", "pass"], self.env,
+                                             self.args.runs)
+        return self._bare_start
 
     def files(self, m: Material) -> list[str]:
         """The files tagfind scans in that folder (its own discovery), read once so that every
@@ -372,7 +385,8 @@ def section_warm(bench: Bench) -> None:
             bench.report.note(f"warm: grep -rlF {tag!r} finds {hits} files of {m.name}")
         seconds, done = median_run(bench.tagfind(m, index, *flags, tag), bench.env, runs)
         query = " ".join([tag, *flags])
-        code = f"exit {done[-1].code}, median of {runs}"
+        code = (f"exit {done[-1].code}, median of {runs}; python's bare start "
+                f"{bench.bare_start() * 1000:.0f} ms")
         bench.report.add(Row("warm query", m.name, f"tagfind {query}", "-", seconds * 1000,
                              "ms", goal=100.0, detail=code))
         bench.report.add(Row("warm query / grep", m.name, f"tagfind {seconds * 1000:.0f} ms",
@@ -421,8 +435,8 @@ def section_refresh(bench: Bench) -> None:
     index = bench.full_index(m)
     runs = bench.args.runs
     tag, flags = WARM_QUERIES[-1]
-    bare, _ = median_run([sys.executable, "-c", "pass"], bench.env, runs)
-    imports, _ = median_run([sys.executable, "-c", "import tagfind.cli"], bench.env, runs)
+    bare = bench.bare_start()
+    imports, _ = median_run([bench.python, "-c", "import tagfind.cli"], bench.env, runs)
     query, done = median_run(bench.tagfind(m, index, *flags, "-v", tag), bench.env, runs)
     printed = [stats_of(r.stderr) for r in done]
     files = len(bench.files(m))
@@ -489,6 +503,8 @@ def main() -> int:
     parser.add_argument("--material", action="append",
                         choices=[*CORPUS_HALVES, "libwine"],
                         help="measure only on this material (repeatable; default all)")
+    parser.add_argument("--python", type=Path,
+                        help="the interpreter of tagfind's processes (default: this one)")
     args = parser.parse_args()
     if args.runs < 1 or args.jobs < 1:
         parser.error("--runs and --jobs take a positive number")
@@ -510,13 +526,14 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     load_after = os.getloadavg()
     env = environment()
+    env["tagfind_python"] = str(args.python or sys.executable)
     print(table(report.rows))
     print()
     for text in report.notes:
         print(f"note: {text}")
     print(f"commit {env['commit']}, python {env['python']}, capstone {env['capstone']}, "
           f"{env['cpus']} cpus; load average {load_before[0]:.2f} before, {load_after[0]:.2f} "
-          f"after; bench took {elapsed:.0f} s")
+          f"after; bench took {elapsed:.0f} s; tagfind ran with {env['tagfind_python']}")
     for text in report.errors:
         print(f"speed.py: {text}", file=sys.stderr)
     if args.json:
