@@ -308,7 +308,7 @@ def test_ctrl_c_exits_130_without_a_stray_caret(wine, tmp_path):
     assert not any("^" in text for text in shown), shown
 
 
-def test_ctrl_c_while_the_interpreter_exits_prints_nothing(tmp_path):
+def test_ctrl_c_while_the_interpreter_exits_prints_nothing():
     """A Ctrl-C that comes once the command is done (here: from an exit handler, as late as
     a real one can come) interrupts nothing: no "Exception ignored" traceback, the command's
     own exit code."""
