@@ -526,7 +526,7 @@ def main() -> int:
     elapsed = time.perf_counter() - started
     load_after = os.getloadavg()
     env = environment()
-    env["tagfind_python"] = str(args.python or sys.executable)
+    env["tagfind_python"] = bench.python
     print(table(report.rows))
     print()
     for text in report.notes:
